@@ -1,0 +1,232 @@
+//! `tourniquet agent`: wires config, state, policy, providers and transports
+//! together, recovers what a crash left unsettled, and serves.
+//!
+//! Start-up does only what readiness needs (bind, load, recover in the
+//! background), so the agent is answering within milliseconds of exec.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::audit::AuditLog;
+use crate::config::AgentConfig;
+use crate::envelope::sha256_hex;
+use crate::journal::Journal;
+use crate::lifecycle::{Identity, Lifecycle, Resource};
+use crate::payload::Timestamp;
+use crate::policy::Policy;
+use crate::telemetry::Probes;
+use crate::transport;
+
+/// Loads the policy, naming the file in any error.
+pub fn load_policy(path: &Path) -> Result<(Policy, String), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e} (the policy is required)", path.display()))?;
+    let policy = Policy::from_toml(&text, &path.display().to_string()).map_err(|e| e.to_string())?;
+    Ok((policy, sha256_hex(text.as_bytes())))
+}
+
+/// `--check`: validate the config and its policy, build nothing.
+pub fn check(cfg: &AgentConfig) -> Result<String, String> {
+    let (policy, _) = load_policy(&cfg.agent.policy)?;
+    for (name, r) in &cfg.resources {
+        r.provider.build().map_err(|e| format!("resources.{name}: {e}"))?;
+    }
+    Ok(format!(
+        "config ok: {} resource(s), {} probe(s); policy ok: {}",
+        cfg.resources.len(),
+        cfg.probes.len(),
+        policy.summary()
+    ))
+}
+
+/// Runs the agent until SIGINT or SIGTERM.
+pub async fn run(cfg: AgentConfig, dev_mode: bool) -> Result<(), String> {
+    let agent_id = cfg.agent_id();
+    let state_dir = cfg.agent.state_dir.clone();
+    crate::state::create_private_dir(&state_dir).map_err(|e| format!("{}: {e}", state_dir.display()))?;
+    let (key, created_key) = crate::state::load_or_create_agent_key(&state_dir, &agent_id)?;
+    let (policy, policy_sha) = load_policy(&cfg.agent.policy)?;
+    let policy_summary = policy.summary();
+
+    let mut resources = BTreeMap::new();
+    for (name, r) in &cfg.resources {
+        let provider = r.provider.build().map_err(|e| format!("resources.{name}: {e}"))?;
+        resources.insert(
+            name.clone(),
+            Resource {
+                provider,
+                default_guard: r.guard.clone(),
+            },
+        );
+    }
+    let loaded = Journal::load(&state_dir, Timestamp::now()).map_err(|e| format!("journal in {}: {e}", state_dir.display()))?;
+    let audit = AuditLog::open(&state_dir.join("audit.jsonl")).map_err(|e| e.to_string())?;
+    let identity = Identity {
+        id: agent_id.clone(),
+        labels: cfg.agent.labels.clone(),
+        key,
+    };
+    let lc = Lifecycle::new(
+        identity,
+        &state_dir,
+        policy,
+        policy_sha.clone(),
+        resources,
+        Probes::new(cfg.probes.clone()),
+        loaded.journal,
+        audit,
+        loaded.records,
+    )
+    .map_err(|e| format!("{}: {e}", state_dir.display()))?;
+    if loaded.skipped > 0 {
+        tracing::warn!(lines = loaded.skipped, "journal had torn lines; skipped");
+    }
+
+    // Bind before anything slow so readiness is immediate.
+    let listener = if cfg.api.enabled {
+        let tls = transport::http::tls_acceptor(&cfg.api)?;
+        let listener = tokio::net::TcpListener::bind(cfg.api.listen)
+            .await
+            .map_err(|e| format!("api.listen {}: {e}", cfg.api.listen))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        Some((listener, tls, addr))
+    } else {
+        None
+    };
+
+    print_banner(&cfg, &agent_id, &lc, &policy_summary, created_key, dev_mode, listener.as_ref().map(|l| (l.2, l.1.is_some())));
+    lc.audit_event(
+        "agent_started",
+        json!({"agent": agent_id, "version": env!("CARGO_PKG_VERSION"), "policy_sha256": policy_sha}),
+    );
+
+    if let Some((listener, tls, _)) = listener {
+        tokio::spawn(transport::http::serve(lc.clone(), listener, tls));
+    }
+    {
+        let lc = lc.clone();
+        tokio::spawn(async move { lc.recover().await });
+    }
+    if let Some(inbox) = &cfg.inbox {
+        let lc = lc.clone();
+        let dir = inbox.dir.clone();
+        crate::state::create_private_dir(&dir).map_err(|e| format!("inbox {}: {e}", dir.display()))?;
+        tokio::spawn(async move {
+            if let Err(e) = transport::inbox::run(lc, dir).await {
+                tracing::error!(error = %e, "inbox stopped");
+            }
+        });
+    }
+    let _policy_watch = watch_policy(lc.clone(), cfg.agent.policy.clone())?;
+    {
+        let lc = lc.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                lc.prune();
+            }
+        });
+    }
+
+    wait_for_shutdown().await;
+    lc.audit_event("agent_stopped", json!({"agent": agent_id}));
+    Ok(())
+}
+
+fn print_banner(
+    cfg: &AgentConfig,
+    agent_id: &str,
+    lc: &Lifecycle,
+    policy_summary: &str,
+    created_key: bool,
+    dev_mode: bool,
+    api: Option<(std::net::SocketAddr, bool)>,
+) {
+    let mut out = String::new();
+    if dev_mode {
+        out.push_str(
+            "WARNING: DEV TRUST. Running on the embedded default: the policy trusts a local operator key\n\
+             WARNING: at .tourniquet/operator_ed25519 for every op. Never run this mode in production;\n\
+             WARNING: use `tourniquet agent --config agent.toml` with a real policy.\n",
+        );
+    }
+    out.push_str(&format!(
+        "tourniquet agent {agent_id} (v{}){}\n",
+        env!("CARGO_PKG_VERSION"),
+        if created_key { ", agent key created" } else { "" }
+    ));
+    out.push_str(&format!("  trusts:   {} ({policy_summary})\n", cfg.agent.policy.display()));
+    for (name, r) in &cfg.resources {
+        let detail = match &r.provider {
+            tourniquet_providers::ResourceConfig::FlagsFile(f) => f.path.display().to_string(),
+        };
+        out.push_str(&format!("  manages:  {name} ({} {detail})\n", r.provider.kind()));
+    }
+    if let Some((addr, tls)) = api {
+        out.push_str(&format!("  listens:  {}://{addr}\n", if tls { "https" } else { "http" }));
+        if !addr.ip().is_loopback() && !tls {
+            out.push_str("WARNING: the API listens on a non-loopback address without TLS (insecure = true)\n");
+        }
+    }
+    if let Some(i) = &cfg.inbox {
+        out.push_str(&format!("  inbox:    {}\n", i.dir.display()));
+    }
+    out.push_str(&format!("  state:    {}\n", cfg.agent.state_dir.display()));
+    out.push_str(&format!(
+        "  agent key: {}\n",
+        crate::envelope::fingerprint(lc.identity().key.public_key().key_data())
+    ));
+    print!("{out}");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+}
+
+/// Reloads the policy whenever its file changes, across any number of
+/// atomic renames. A broken edit keeps the last good policy.
+fn watch_policy(lc: Arc<Lifecycle>, path: std::path::PathBuf) -> Result<notify::RecommendedWatcher, String> {
+    let dir = transport::watch::parent_dir(&path);
+    let (watcher, mut events) =
+        transport::watch::watch_dir(&dir).map_err(|e| format!("watching {}: {e}", dir.display()))?;
+    let name = path.file_name().map(|n| n.to_owned());
+    tokio::spawn(async move {
+        while let Some(p) = events.recv().await {
+            if p.file_name() != name.as_deref() {
+                continue;
+            }
+            let Ok(text) = std::fs::read_to_string(&path) else { continue };
+            let sha = sha256_hex(text.as_bytes());
+            if sha == lc.policy_sha256() {
+                continue;
+            }
+            match Policy::from_toml(&text, &path.display().to_string()) {
+                Ok(policy) => {
+                    tracing::info!(sha256 = %sha, "policy reloaded");
+                    lc.replace_policy(policy, sha);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "policy edit rejected; keeping the last good policy");
+                    lc.audit_event("policy_rejected", json!({"sha256": sha, "error": e.to_string()}));
+                }
+            }
+        }
+    });
+    Ok(watcher)
+}
+
+async fn wait_for_shutdown() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,228 @@
+//! Talking to agents: HTTP(S) and inbox directories.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::{exit, render, CliResult, Conn, Failure, SendArgs, StatusArgs};
+use crate::envelope::Envelope;
+
+/// Where an envelope goes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Destination {
+    Http(String),
+    Dir(PathBuf),
+}
+
+impl Destination {
+    pub fn parse(text: &str) -> Result<Destination, Failure> {
+        if let Some(path) = text.strip_prefix("dir:") {
+            return Ok(Destination::Dir(PathBuf::from(path)));
+        }
+        if text.starts_with("http://") || text.starts_with("https://") {
+            return Ok(Destination::Http(text.trim_end_matches('/').to_string()));
+        }
+        if text.starts_with("nats://") {
+            return Err(Failure::error(
+                "nats:// destinations are not supported yet; send to an agent's http:// API or dir: inbox",
+            ));
+        }
+        Err(Failure::error(format!(
+            "{text:?} is not a destination: use http[s]://HOST:PORT or dir:PATH"
+        )))
+    }
+}
+
+fn http_client(conn: &Conn) -> Result<reqwest::Client, Failure> {
+    let mut b = reqwest::Client::builder()
+        .no_proxy()
+        .use_rustls_tls()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(90));
+    if let Some(ca) = &conn.cacert {
+        let pem = std::fs::read(ca).map_err(|e| Failure::error(format!("{}: {e}", ca.display())))?;
+        let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| Failure::error(format!("{}: {e}", ca.display())))?;
+        b = b.add_root_certificate(cert);
+    }
+    if let (Some(cert), Some(key)) = (&conn.client_cert, &conn.client_key) {
+        let mut pem = std::fs::read(cert).map_err(|e| Failure::error(format!("{}: {e}", cert.display())))?;
+        pem.extend(std::fs::read(key).map_err(|e| Failure::error(format!("{}: {e}", key.display())))?);
+        let id = reqwest::Identity::from_pem(&pem).map_err(|e| Failure::error(format!("client identity: {e}")))?;
+        b = b.identity(id);
+    }
+    b.build().map_err(|e| Failure::error(format!("HTTP client: {e}")))
+}
+
+async fn get_json(client: &reqwest::Client, url: &str) -> Result<(u16, Value), Failure> {
+    let resp = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| Failure::error(format!("GET {url}: {}", describe(&e))))?;
+    let status = resp.status().as_u16();
+    let body = resp.json::<Value>().await.unwrap_or(Value::Null);
+    Ok((status, body))
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+/// Sends an envelope and, unless `no_wait`, waits for a settled receipt
+/// and prints it.
+pub async fn deliver(env: &Envelope, dest: &str, conn: &Conn, no_wait: bool) -> CliResult {
+    let id = env
+        .payload_bytes()
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .and_then(|v| v.get("id").and_then(Value::as_str).map(String::from))
+        .unwrap_or_default();
+    match Destination::parse(dest)? {
+        Destination::Dir(dir) => {
+            let name = if id.is_empty() { "command".to_string() } else { id.clone() };
+            let tmp = dir.join(format!(".{name}.json.tmp"));
+            let final_path = dir.join(format!("{name}.json"));
+            std::fs::write(&tmp, env.to_json_pretty()).map_err(|e| Failure::error(format!("{}: {e}", tmp.display())))?;
+            std::fs::rename(&tmp, &final_path).map_err(|e| Failure::error(format!("{}: {e}", final_path.display())))?;
+            if conn.json {
+                println!("{}", serde_json::json!({"id": id, "status": "delivered", "path": final_path}));
+            } else {
+                println!("delivered {id} to {}", final_path.display());
+            }
+            Ok(())
+        }
+        Destination::Http(base) => {
+            let client = http_client(conn)?;
+            let url = format!("{base}/v1/commands");
+            let started = Instant::now();
+            let resp = client
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(serde_json::to_vec(env)?)
+                .send()
+                .await
+                .map_err(|e| Failure::error(format!("POST {url}: {}", describe(&e))))?;
+            let status = resp.status().as_u16();
+            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            if status != 202 {
+                if conn.json {
+                    println!("{}", serde_json::to_string_pretty(&body)?);
+                }
+                let reason = body.get("reason").and_then(Value::as_str).unwrap_or("error");
+                let message = body.get("message").and_then(Value::as_str).unwrap_or("");
+                return Err(Failure {
+                    code: exit::REJECTED,
+                    message: format!("rejected ({status} {reason}): {message}"),
+                });
+            }
+            let id = body.get("id").and_then(Value::as_str).unwrap_or(&id).to_string();
+            if no_wait {
+                if conn.json {
+                    println!("{}", serde_json::to_string_pretty(&body)?);
+                } else {
+                    println!("accepted {id} ({})", body.get("status").and_then(Value::as_str).unwrap_or(""));
+                }
+                return Ok(());
+            }
+            let record = wait_settled(&client, &base, &id, conn.wait, !conn.json).await?;
+            let elapsed = started.elapsed();
+            if conn.json {
+                println!("{}", serde_json::to_string_pretty(&record)?);
+            } else {
+                print!("{}", render::record(&record));
+                eprintln!("({} ms from send to receipt)", elapsed.as_millis());
+            }
+            outcome_code(&record)
+        }
+    }
+}
+
+/// Polls with long waits until the command settles, showing progress.
+async fn wait_settled(client: &reqwest::Client, base: &str, id: &str, max_secs: u64, progress: bool) -> Result<Value, Failure> {
+    let deadline = Instant::now() + Duration::from_secs(max_secs);
+    let mut last_state = String::new();
+    loop {
+        let url = format!("{base}/v1/commands/{id}?wait=10s");
+        let (status, record) = get_json(client, &url).await?;
+        if status != 200 {
+            return Err(Failure::error(format!("GET {url}: {status} {record}")));
+        }
+        let state = record.get("state").and_then(Value::as_str).unwrap_or("").to_string();
+        if record.get("settled").and_then(Value::as_bool) == Some(true) {
+            return Ok(record);
+        }
+        if progress && state != last_state {
+            eprintln!("… {id}: {state}");
+            last_state = state;
+        }
+        if Instant::now() >= deadline {
+            return Err(Failure::error(format!(
+                "{id} not settled after {max_secs}s (state {last_state}); check `tourniquet status {id}`"
+            )));
+        }
+    }
+}
+
+fn outcome_code(record: &Value) -> CliResult {
+    let state = record.get("state").and_then(Value::as_str).unwrap_or("");
+    let msg = record.get("message").and_then(Value::as_str).unwrap_or("");
+    match state {
+        "rolled_back" => Err(Failure {
+            code: exit::ROLLED_BACK,
+            message: "the guard breached and the change was rolled back".into(),
+        }),
+        "failed" => Err(Failure {
+            code: exit::FAILED,
+            message: format!("apply failed, nothing left changed: {msg}"),
+        }),
+        "rejected" => Err(Failure {
+            code: exit::REJECTED,
+            message: format!("rejected: {msg}"),
+        }),
+        _ => Ok(()),
+    }
+}
+
+pub async fn send_file(args: SendArgs) -> CliResult {
+    let bytes = std::fs::read(&args.envelope).map_err(|e| Failure::error(format!("{}: {e}", args.envelope.display())))?;
+    let env = Envelope::from_json(&bytes).map_err(|e| Failure::error(format!("{}: {e}", args.envelope.display())))?;
+    deliver(&env, &args.to, &args.conn, args.no_wait).await
+}
+
+pub async fn status(args: StatusArgs) -> CliResult {
+    let client = http_client(&args.conn)?;
+    let base = args.agent.trim_end_matches('/');
+    match &args.id {
+        Some(id) => {
+            let (code, record) = get_json(&client, &format!("{base}/v1/commands/{id}")).await?;
+            if code != 200 {
+                return Err(Failure::error(format!(
+                    "{}",
+                    record.get("message").and_then(Value::as_str).unwrap_or("not found")
+                )));
+            }
+            if args.conn.json {
+                println!("{}", serde_json::to_string_pretty(&record)?);
+            } else {
+                print!("{}", render::record(&record));
+            }
+        }
+        None => {
+            let (_, body) = get_json(&client, &format!("{base}/v1/hotfixes")).await?;
+            if args.conn.json {
+                println!("{}", serde_json::to_string_pretty(&body)?);
+            } else {
+                print!("{}", render::hotfixes(&body));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,343 @@
+//! The agent config (`agent.toml`).
+//!
+//! Everything a command may touch is declared here by name; commands carry
+//! names, never paths or URLs. The whole config is parsed and validated
+//! before anything is built, and an error names the file, line and key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tourniquet_providers::ResourceConfig;
+
+use crate::payload::{Guard, HumanDuration};
+
+/// Why a config was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {why}")]
+    Read { path: String, why: String },
+    /// Already formatted as `FILE:LINE:COL: message`.
+    #[error("{0}")]
+    Parse(String),
+    #[error("{path}: {field}: {why}")]
+    Invalid { path: String, field: String, why: String },
+}
+
+/// `agent.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    pub agent: AgentSection,
+    #[serde(default)]
+    pub api: ApiSection,
+    /// A directory watched for dropped envelopes.
+    #[serde(default)]
+    pub inbox: Option<InboxSection>,
+    /// Resources commands may change, by name.
+    #[serde(default)]
+    pub resources: BTreeMap<String, ResourceEntry>,
+    /// Probes guards may name.
+    #[serde(default)]
+    pub probes: BTreeMap<String, ProbeConfig>,
+}
+
+/// `[agent]`: identity and where state lives.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSection {
+    /// Agent id, used in receipts and targeting. Default: the hostname.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Labels that commands target with globs.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Journal, audit log, receipts and the agent key (created 0700).
+    pub state_dir: PathBuf,
+    /// The trust policy. Required: without it nothing is trusted.
+    pub policy: PathBuf,
+}
+
+/// `[api]`: the HTTP API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSection {
+    /// Address to listen on. Loopback by default.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// PEM certificate chain; enables TLS together with `tls_key`.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle; when set, clients must present a certificate it signed.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// Allows a non-loopback listener without TLS. The agent warns at start.
+    #[serde(default)]
+    pub insecure: bool,
+    /// Set false to run with the inbox only.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7370))
+}
+fn yes() -> bool {
+    true
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        ApiSection {
+            listen: default_listen(),
+            tls_cert: None,
+            tls_key: None,
+            client_ca: None,
+            insecure: false,
+            enabled: true,
+        }
+    }
+}
+
+/// `[inbox]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboxSection {
+    /// Drop `*.json` envelopes here (write elsewhere, then rename in).
+    /// Processed files move to `done/` or `rejected/` below it.
+    pub dir: PathBuf,
+}
+
+/// `[resources.NAME]`: a provider declaration plus agent-side defaults.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ResourceEntry {
+    /// The guard applied to commands on this resource that carry none, so
+    /// a one-line `flag set` is still guarded.
+    #[serde(default)]
+    pub guard: Option<Guard>,
+    /// The provider kind (`kind = "flags-file"`) and its own fields.
+    #[serde(flatten)]
+    pub provider: ResourceConfig,
+}
+
+/// `[probes.NAME]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", deny_unknown_fields)]
+pub enum ProbeConfig {
+    /// N GETs of a URL: success ratio and p50/p99 latency.
+    #[serde(rename = "http")]
+    Http(HttpProbeConfig),
+}
+
+/// An `http` probe.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpProbeConfig {
+    /// An http(s) URL of the local service, e.g. its health endpoint.
+    pub url: String,
+    /// Requests per sample window.
+    #[serde(default = "default_samples")]
+    pub samples: u32,
+    /// Pause between requests.
+    #[serde(default = "default_interval")]
+    pub interval: HumanDuration,
+    /// Per-request timeout; a timed-out request counts as a failure.
+    #[serde(default = "default_timeout")]
+    pub timeout: HumanDuration,
+}
+
+fn default_samples() -> u32 {
+    5
+}
+fn default_interval() -> HumanDuration {
+    HumanDuration(Duration::from_millis(200))
+}
+fn default_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(2))
+}
+
+/// Formats a TOML error as `FILE:LINE:COL: message`.
+pub fn toml_error(origin: &str, text: &str, err: &toml::de::Error) -> String {
+    let message = err.message().trim().to_string();
+    match err.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+            let source_line = text.lines().nth(line - 1).unwrap_or("").trim();
+            format!("{origin}:{line}:{col}: {message} (in `{source_line}`)")
+        }
+        None => format!("{origin}: {message}"),
+    }
+}
+
+/// Resource and probe names: what commands may say.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+impl AgentConfig {
+    /// Reads, parses and validates a config file. Relative paths inside it
+    /// are resolved against the file's directory.
+    pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.display().to_string(),
+            why: e.to_string(),
+        })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        AgentConfig::from_toml(&text, &path.display().to_string(), &base)
+    }
+
+    /// Parses config text; `origin` names it in errors, `base` anchors
+    /// relative paths.
+    pub fn from_toml(text: &str, origin: &str, base: &Path) -> Result<AgentConfig, ConfigError> {
+        let mut cfg: AgentConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(toml_error(origin, text, &e)))?;
+        cfg.resolve_paths(base);
+        cfg.validate(origin)?;
+        Ok(cfg)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() && !base.as_os_str().is_empty() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.agent.state_dir);
+        fix(&mut self.agent.policy);
+        for p in [&mut self.api.tls_cert, &mut self.api.tls_key, &mut self.api.client_ca]
+            .into_iter()
+            .flatten()
+        {
+            fix(p);
+        }
+        if let Some(i) = &mut self.inbox {
+            fix(&mut i.dir);
+        }
+        for r in self.resources.values_mut() {
+            match &mut r.provider {
+                ResourceConfig::FlagsFile(c) => {
+                    fix(&mut c.path);
+                    if let Some(l) = &mut c.last_known_good {
+                        fix(l);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Cross-field checks serde cannot express.
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |field: String, why: String| ConfigError::Invalid {
+            path: origin.to_string(),
+            field,
+            why,
+        };
+        if let Some(id) = &self.agent.id {
+            if !valid_name(id) {
+                return Err(invalid("agent.id".into(), format!("{id:?} must be 1-64 of [A-Za-z0-9._-]")));
+            }
+        }
+        let api = &self.api;
+        if api.tls_cert.is_some() != api.tls_key.is_some() {
+            return Err(invalid("api.tls_cert".into(), "tls_cert and tls_key go together".into()));
+        }
+        if api.client_ca.is_some() && api.tls_cert.is_none() {
+            return Err(invalid("api.client_ca".into(), "mTLS needs tls_cert and tls_key too".into()));
+        }
+        if api.enabled && !api.listen.ip().is_loopback() && api.tls_cert.is_none() && !api.insecure {
+            return Err(invalid(
+                "api.listen".into(),
+                format!(
+                    "{} is not loopback; set tls_cert and tls_key, or insecure = true to accept plain HTTP",
+                    api.listen
+                ),
+            ));
+        }
+        for (name, r) in &self.resources {
+            if !valid_name(name) {
+                return Err(invalid(format!("resources.{name}"), "names must be 1-64 of [A-Za-z0-9._-]".into()));
+            }
+            r.provider
+                .validate()
+                .map_err(|why| invalid(format!("resources.{name}"), why))?;
+            if let Some(g) = &r.guard {
+                for p in &g.probes {
+                    if !self.probes.contains_key(p) {
+                        return Err(invalid(format!("resources.{name}.guard.probes"), format!("no probe named {p:?}")));
+                    }
+                }
+            }
+        }
+        for (name, p) in &self.probes {
+            if !valid_name(name) {
+                return Err(invalid(format!("probes.{name}"), "names must be 1-64 of [A-Za-z0-9._-]".into()));
+            }
+            match p {
+                ProbeConfig::Http(h) => {
+                    if !(h.url.starts_with("http://") || h.url.starts_with("https://")) {
+                        return Err(invalid(format!("probes.{name}.url"), "must be an http:// or https:// URL".into()));
+                    }
+                    if reqwest::Url::parse(&h.url).is_err() {
+                        return Err(invalid(format!("probes.{name}.url"), format!("{:?} does not parse", h.url)));
+                    }
+                    if h.samples == 0 || h.samples > 1000 {
+                        return Err(invalid(format!("probes.{name}.samples"), "must be 1 to 1000".into()));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The agent id: configured, or the hostname.
+    pub fn agent_id(&self) -> String {
+        self.agent.id.clone().unwrap_or_else(|| {
+            hostname::get()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .filter(|h| valid_name(h))
+                .unwrap_or_else(|| "tourniquet".into())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let text = "[agent]\nstate_dir = \"s\"\npolicy = \"p\"\ncolour = \"red\"\n";
+        let err = AgentConfig::from_toml(text, "agent.toml", Path::new("")).unwrap_err().to_string();
+        assert!(err.starts_with("agent.toml:4:"), "{err}");
+        assert!(err.contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn non_loopback_needs_tls_or_insecure() {
+        let text = "[agent]\nstate_dir = \"s\"\npolicy = \"p\"\n[api]\nlisten = \"0.0.0.0:7370\"\n";
+        let err = AgentConfig::from_toml(text, "a.toml", Path::new("")).unwrap_err().to_string();
+        assert!(err.contains("api.listen"), "{err}");
+        let ok = format!("{text}insecure = true\n");
+        assert!(AgentConfig::from_toml(&ok, "a.toml", Path::new("")).is_ok());
+    }
+
+    #[test]
+    fn unknown_provider_field_is_an_error() {
+        let text = "[agent]\nstate_dir = \"s\"\npolicy = \"p\"\n[resources.f]\nkind = \"flags-file\"\npath = \"x.json\"\npaht = \"y\"\n";
+        let err = AgentConfig::from_toml(text, "a.toml", Path::new("")).unwrap_err().to_string();
+        assert!(err.contains("paht"), "{err}");
+    }
+}

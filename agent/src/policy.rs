@@ -1,0 +1,376 @@
+//! The trust policy: who may do what, to which resources, with how many
+//! signatures.
+//!
+//! The schema (`PolicyFile`) is kept apart from evaluation (`Policy`), so the
+//! operator-facing format can be documented and checked field by field
+//! while the verification logic stays small enough to read in one sitting.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use ssh_key::public::KeyData;
+use ssh_key::PublicKey;
+
+use crate::config::toml_error;
+use crate::envelope::{self, Envelope, COMMAND_NAMESPACE, COMMAND_PAYLOAD_TYPE};
+use crate::glob::glob_match;
+use crate::payload::{HumanDuration, Payload, Timestamp};
+use crate::rejection::{Reason, Rejection};
+
+/// Largest envelope accepted, in bytes. Real commands are a few KiB.
+pub const MAX_ENVELOPE_BYTES: usize = 64 * 1024;
+/// Most signatures one envelope may carry.
+pub const MAX_SIGNATURES: usize = 8;
+
+/// `policy.toml`, as written by operators.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    /// Schema version; must be 1.
+    pub version: u32,
+    /// After this instant the agent refuses every command (`policy_expired`),
+    /// so a forgotten agent does not trust stale keys forever.
+    #[serde(default)]
+    pub expires: Option<Timestamp>,
+    /// Cap on `expires - issued_at` of a command.
+    pub max_ttl: HumanDuration,
+    /// Tolerance for clock differences between operator and agent.
+    #[serde(default = "default_clock_skew")]
+    pub clock_skew: HumanDuration,
+    /// Fingerprints (`SHA256:…`) of keys that must never be honoured.
+    #[serde(default)]
+    pub revoked: Vec<String>,
+    /// Named operator keys.
+    #[serde(default)]
+    pub keys: BTreeMap<String, KeyEntry>,
+    /// Ordered rules; the first whose ops and resources match decides.
+    #[serde(default)]
+    pub rules: Vec<Rule>,
+}
+
+fn default_clock_skew() -> HumanDuration {
+    HumanDuration(Duration::from_secs(120))
+}
+
+/// One operator key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyEntry {
+    /// An OpenSSH public key line (`ssh-ed25519 AAAA… comment`).
+    pub public_key: String,
+    /// Roles this key holds.
+    pub roles: Vec<String>,
+    /// The key is honoured from this instant (agent clock).
+    #[serde(default)]
+    pub valid_after: Option<Timestamp>,
+    /// The key is honoured until this instant (agent clock).
+    #[serde(default)]
+    pub valid_before: Option<Timestamp>,
+}
+
+/// One permission rule.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// Op globs, e.g. `flag.*`.
+    pub ops: Vec<String>,
+    /// Resource-name globs; default every resource.
+    #[serde(default = "match_all")]
+    pub resources: Vec<String>,
+    /// Roles whose keys count towards the threshold.
+    pub roles: Vec<String>,
+    /// Distinct keys required.
+    #[serde(default = "one")]
+    pub threshold: u32,
+}
+
+fn match_all() -> Vec<String> {
+    vec!["*".into()]
+}
+fn one() -> u32 {
+    1
+}
+
+/// Why a policy file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("{path}: {why}")]
+    Read { path: String, why: String },
+    #[error("{0}")]
+    Parse(String),
+    #[error("{path}: {field}: {why}")]
+    Invalid { path: String, field: String, why: String },
+}
+
+/// A checked, ready-to-evaluate policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub file: PolicyFile,
+    keys_by_data: HashMap<KeyData, String>,
+    revoked: HashSet<String>,
+}
+
+/// A key whose signature verified and that the policy trusts.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TrustedSigner {
+    /// The key's name in the policy.
+    pub name: String,
+    pub fingerprint: String,
+    pub roles: Vec<String>,
+}
+
+/// A command whose signatures verified and whose payload parsed.
+#[derive(Debug, Clone)]
+pub struct VerifiedCommand {
+    pub payload: Payload,
+    pub signers: Vec<TrustedSigner>,
+    pub envelope_sha256: String,
+}
+
+impl Policy {
+    /// Loads and checks a policy file.
+    pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|e| PolicyError::Read {
+            path: path.display().to_string(),
+            why: e.to_string(),
+        })?;
+        Policy::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Parses and checks policy text; `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Policy, PolicyError> {
+        let file: PolicyFile = toml::from_str(text).map_err(|e| PolicyError::Parse(toml_error(origin, text, &e)))?;
+        Policy::from_file(file, origin)
+    }
+
+    pub fn from_file(file: PolicyFile, origin: &str) -> Result<Policy, PolicyError> {
+        let invalid = |field: String, why: String| PolicyError::Invalid {
+            path: origin.to_string(),
+            field,
+            why,
+        };
+        if file.version != 1 {
+            return Err(invalid("version".into(), format!("{} is not supported; use 1", file.version)));
+        }
+        if file.max_ttl.0.is_zero() {
+            return Err(invalid("max_ttl".into(), "must be more than zero".into()));
+        }
+        let mut keys_by_data = HashMap::new();
+        for (name, key) in &file.keys {
+            let public = PublicKey::from_openssh(key.public_key.trim()).map_err(|e| {
+                invalid(format!("keys.{name}.public_key"), format!("not an OpenSSH public key: {e}"))
+            })?;
+            if public.key_data().ed25519().is_none() {
+                return Err(invalid(
+                    format!("keys.{name}.public_key"),
+                    format!("{} keys are not accepted; use ssh-ed25519", public.algorithm()),
+                ));
+            }
+            if key.roles.is_empty() {
+                return Err(invalid(format!("keys.{name}.roles"), "must name at least one role".into()));
+            }
+            if let Some(other) = keys_by_data.insert(public.key_data().clone(), name.clone()) {
+                return Err(invalid(
+                    format!("keys.{name}.public_key"),
+                    format!("the same key is already declared as {other:?}; a key counts once"),
+                ));
+            }
+        }
+        for (i, rule) in file.rules.iter().enumerate() {
+            if rule.ops.is_empty() || rule.roles.is_empty() || rule.resources.is_empty() {
+                return Err(invalid(format!("rules[{i}]"), "ops, resources and roles must not be empty".into()));
+            }
+            if rule.threshold == 0 {
+                return Err(invalid(format!("rules[{i}].threshold"), "must be at least 1".into()));
+            }
+        }
+        let revoked = file.revoked.iter().cloned().collect();
+        Ok(Policy {
+            file,
+            keys_by_data,
+            revoked,
+        })
+    }
+
+    pub fn clock_skew(&self) -> Duration {
+        self.file.clock_skew.0
+    }
+
+    /// Verifies a command envelope end to end: size, shape, policy validity,
+    /// every signature, the payload (parsed from the verified bytes), and its
+    /// times. Permission per action is checked by [`Policy::authorize`].
+    pub fn verify_envelope(&self, bytes: &[u8], now: Timestamp) -> Result<VerifiedCommand, Rejection> {
+        if bytes.len() > MAX_ENVELOPE_BYTES {
+            return Err(Rejection::new(
+                Reason::TooLarge,
+                format!("envelope is {} bytes; the limit is {MAX_ENVELOPE_BYTES}", bytes.len()),
+            ));
+        }
+        let env = Envelope::from_json(bytes).map_err(|e| Rejection::new(Reason::BadEnvelope, e.to_string()))?;
+        if env.payload_type != COMMAND_PAYLOAD_TYPE {
+            return Err(Rejection::new(
+                Reason::BadEnvelope,
+                format!("payloadType {:?} is not {COMMAND_PAYLOAD_TYPE}", env.payload_type),
+            ));
+        }
+        let payload_bytes = env
+            .payload_bytes()
+            .map_err(|e| Rejection::new(Reason::BadEnvelope, e.to_string()))?;
+        if env.signatures.is_empty() {
+            return Err(Rejection::new(Reason::BadSignature, "the envelope is not signed"));
+        }
+        if env.signatures.len() > MAX_SIGNATURES {
+            return Err(Rejection::new(
+                Reason::BadEnvelope,
+                format!("at most {MAX_SIGNATURES} signatures per envelope"),
+            ));
+        }
+        if let Some(exp) = self.file.expires {
+            if now > exp {
+                return Err(Rejection::new(
+                    Reason::PolicyExpired,
+                    format!("the trust policy expired at {exp}; install a current policy"),
+                ));
+            }
+        }
+        let signers = self.verify_signatures(&env, &payload_bytes, now)?;
+        let payload = Payload::parse(&payload_bytes).map_err(|e| Rejection::new(Reason::BadPayload, e))?;
+        self.check_times(&payload, now)?;
+        Ok(VerifiedCommand {
+            payload,
+            signers,
+            envelope_sha256: envelope::sha256_hex(bytes),
+        })
+    }
+
+    /// Every signature must verify and come from a trusted, current,
+    /// unrevoked key. Returns the distinct signers.
+    fn verify_signatures(&self, env: &Envelope, payload: &[u8], now: Timestamp) -> Result<Vec<TrustedSigner>, Rejection> {
+        let message = envelope::pae(&env.payload_type, payload);
+        let mut signers: Vec<TrustedSigner> = Vec::new();
+        for (i, s) in env.signatures.iter().enumerate() {
+            let sig = envelope::decode_signature(&s.sig)
+                .map_err(|why| Rejection::new(Reason::BadSignature, format!("signature {i}: {why}")))?;
+            let fingerprint = envelope::fingerprint(sig.public_key());
+            if self.revoked.contains(&fingerprint) {
+                return Err(Rejection::new(
+                    Reason::RevokedKey,
+                    format!("signature {i} is by revoked key {fingerprint}"),
+                ));
+            }
+            let Some(name) = self.keys_by_data.get(sig.public_key()) else {
+                return Err(Rejection::new(
+                    Reason::UnknownSigner,
+                    format!("signature {i} is by key {fingerprint}, which the policy does not list"),
+                ));
+            };
+            envelope::verify_sshsig(COMMAND_NAMESPACE, &message, &sig)
+                .map_err(|why| Rejection::new(Reason::BadSignature, format!("signature {i} ({name}): {why}")))?;
+            let entry = &self.file.keys[name];
+            if entry.valid_after.is_some_and(|t| now < t) || entry.valid_before.is_some_and(|t| now >= t) {
+                return Err(Rejection::new(
+                    Reason::KeyNotValidNow,
+                    format!("key {name:?} is not valid at {now} by this agent's clock"),
+                ));
+            }
+            if !signers.iter().any(|t| &t.name == name) {
+                signers.push(TrustedSigner {
+                    name: name.clone(),
+                    fingerprint,
+                    roles: entry.roles.clone(),
+                });
+            }
+        }
+        Ok(signers)
+    }
+
+    fn check_times(&self, p: &Payload, now: Timestamp) -> Result<(), Rejection> {
+        let skew = self.clock_skew();
+        if p.issued_at > now.plus(skew) {
+            return Err(Rejection::new(
+                Reason::NotYetValid,
+                format!("issued_at {} is in the future by this agent's clock ({now})", p.issued_at),
+            ));
+        }
+        if let Some(nb) = p.not_before {
+            if nb > now.plus(skew) {
+                return Err(Rejection::new(Reason::NotYetValid, format!("not valid before {nb}; it is {now}")));
+            }
+        }
+        if p.expires.plus(skew) < now {
+            return Err(Rejection::new(Reason::Expired, format!("expired at {}; it is {now}", p.expires)));
+        }
+        let ttl = p.issued_at.until(p.expires);
+        if ttl > self.file.max_ttl.0 {
+            return Err(Rejection::new(
+                Reason::TtlTooLong,
+                format!(
+                    "expires - issued_at is {}; the policy allows at most {}",
+                    humantime::format_duration(ttl),
+                    self.file.max_ttl
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether `signers` may run `op` on `resource`: the first rule whose
+    /// ops and resources match decides, and it needs `threshold` distinct
+    /// keys holding one of its roles.
+    pub fn authorize(&self, op: &str, resource: &str, signers: &[TrustedSigner]) -> Result<(), Rejection> {
+        let Some(rule) = self
+            .file
+            .rules
+            .iter()
+            .find(|r| r.ops.iter().any(|g| glob_match(g, op)) && r.resources.iter().any(|g| glob_match(g, resource)))
+        else {
+            return Err(Rejection::new(
+                Reason::NotPermitted,
+                format!("no policy rule allows {op} on {resource}"),
+            ));
+        };
+        let counted: BTreeSet<&str> = signers
+            .iter()
+            .filter(|s| s.roles.iter().any(|r| rule.roles.contains(r)))
+            .map(|s| s.fingerprint.as_str())
+            .collect();
+        if counted.is_empty() {
+            return Err(Rejection::new(
+                Reason::NotPermitted,
+                format!("{op} on {resource} needs a key with role {}", rule.roles.join(" or ")),
+            ));
+        }
+        if (counted.len() as u32) < rule.threshold {
+            return Err(Rejection::new(
+                Reason::QuorumNotMet,
+                format!(
+                    "{op} on {resource} needs {} distinct keys with role {}; got {}",
+                    rule.threshold,
+                    rule.roles.join(" or "),
+                    counted.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A short human summary for the agent's start banner.
+    pub fn summary(&self) -> String {
+        let keys: Vec<String> = self
+            .file
+            .keys
+            .iter()
+            .map(|(n, k)| format!("{n} ({})", k.roles.join(",")))
+            .collect();
+        format!(
+            "{} key(s) [{}], {} rule(s), max_ttl {}, {} revoked",
+            self.file.keys.len(),
+            keys.join(", "),
+            self.file.rules.len(),
+            self.file.max_ttl,
+            self.revoked.len()
+        )
+    }
+}

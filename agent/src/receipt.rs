@@ -1,0 +1,198 @@
+//! Receipts: the agent's signed statement of what it did with a command.
+//!
+//! A receipt is a DSSE envelope signed with the agent's own key (namespace
+//! `tourniquet-receipt`), so it can be checked later by anyone holding the
+//! agent's public key, including with stock `ssh-keygen -Y verify`. It is
+//! the unit of the audit trail that leaves the box.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::envelope::{self, Envelope, RECEIPT_NAMESPACE, RECEIPT_PAYLOAD_TYPE};
+use crate::keys::{KeyError, Signer};
+use crate::payload::Timestamp;
+use crate::record::{CommandRecord, Transition};
+use crate::rejection::Rejection;
+use crate::telemetry::TelemetryReport;
+
+/// Receipt payload v1.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Receipt {
+    /// The command id, or `null` when the envelope never yielded one.
+    pub command_id: Option<String>,
+    pub envelope_sha256: String,
+    pub agent: AgentRef,
+    /// Names and fingerprints of the keys whose signatures counted.
+    pub signers: Vec<SignerRef>,
+    pub issuer: Option<String>,
+    /// The command's stated reason (why a human asked), not a rejection code.
+    pub command_reason: Option<String>,
+    pub ticket: Option<String>,
+    /// `accepted` or `rejected`.
+    pub decision: String,
+    /// The rejection code, when rejected.
+    pub reason_code: Option<String>,
+    pub message: Option<String>,
+    /// The state this receipt reports: `kept`, `rolled_back`, `reverted`,
+    /// `failed`, `planned` (dry run), `superseded`, `rejected`.
+    pub outcome: String,
+    pub dry_run: bool,
+    pub actions: Vec<ReceiptAction>,
+    pub telemetry: Option<TelemetryReport>,
+    pub hold_until: Option<Timestamp>,
+    pub related_command: Option<String>,
+    pub timeline: Vec<Transition>,
+    pub issued_at: Timestamp,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentRef {
+    pub id: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub key: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SignerRef {
+    pub name: String,
+    pub fingerprint: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReceiptAction {
+    pub resource: String,
+    pub op: String,
+    pub params: Map<String, Value>,
+    pub before: Option<Value>,
+    /// Intended state for a dry run; the state after apply otherwise.
+    pub after: Option<Value>,
+    pub reversible: bool,
+    pub applied: bool,
+    pub reverted: bool,
+    pub error: Option<String>,
+}
+
+impl Receipt {
+    /// A receipt for a command in its current state.
+    pub fn for_record(r: &CommandRecord, agent: &AgentRef) -> Receipt {
+        let payload = r.payload.as_ref();
+        let rejected = r.reason.is_some();
+        Receipt {
+            command_id: Some(r.id.clone()),
+            envelope_sha256: r.envelope_sha256.clone(),
+            agent: agent.clone(),
+            signers: r
+                .signers
+                .iter()
+                .map(|s| SignerRef {
+                    name: s.name.clone(),
+                    fingerprint: s.fingerprint.clone(),
+                })
+                .collect(),
+            issuer: payload.map(|p| p.issuer.clone()),
+            command_reason: payload.map(|p| p.reason.clone()),
+            ticket: payload.and_then(|p| p.ticket.clone()),
+            decision: if rejected { "rejected" } else { "accepted" }.into(),
+            reason_code: r.reason.map(|x| x.code().to_string()),
+            message: r.message.clone(),
+            outcome: r.state.as_str().into(),
+            dry_run: r.dry_run(),
+            actions: r
+                .actions
+                .iter()
+                .map(|a| ReceiptAction {
+                    resource: a.resource.clone(),
+                    op: a.op.clone(),
+                    params: a.params.clone(),
+                    before: a.before.clone(),
+                    after: if r.dry_run() { a.planned.clone() } else { a.after.clone() },
+                    reversible: a.reversible,
+                    applied: a.applied,
+                    reverted: a.reverted,
+                    error: a.error.clone(),
+                })
+                .collect(),
+            telemetry: r.telemetry.clone(),
+            hold_until: r.hold_until,
+            related_command: r.related.clone(),
+            timeline: r.timeline.clone(),
+            issued_at: Timestamp::now(),
+        }
+    }
+
+    /// A receipt for an envelope refused before it had a trustworthy id.
+    pub fn for_rejection(
+        claimed_id: Option<String>,
+        envelope_sha256: &str,
+        rejection: &Rejection,
+        agent: &AgentRef,
+        received_at: Timestamp,
+    ) -> Receipt {
+        Receipt {
+            command_id: claimed_id,
+            envelope_sha256: envelope_sha256.to_string(),
+            agent: agent.clone(),
+            signers: Vec::new(),
+            issuer: None,
+            command_reason: None,
+            ticket: None,
+            decision: "rejected".into(),
+            reason_code: Some(rejection.reason.code().into()),
+            message: Some(rejection.message.clone()),
+            outcome: "rejected".into(),
+            dry_run: false,
+            actions: Vec::new(),
+            telemetry: None,
+            hold_until: None,
+            related_command: None,
+            timeline: vec![
+                Transition {
+                    state: crate::record::State::Received,
+                    at: received_at,
+                    note: None,
+                },
+                Transition {
+                    state: crate::record::State::Rejected,
+                    at: Timestamp::now(),
+                    note: Some(rejection.reason.code().into()),
+                },
+            ],
+            issued_at: Timestamp::now(),
+        }
+    }
+
+    /// Signs the receipt with the agent key.
+    pub fn sign(&self, key: &Signer) -> Result<Envelope, KeyError> {
+        let bytes = serde_json::to_vec(self).map_err(|e| KeyError::Sign(e.to_string()))?;
+        let mut env = Envelope::new(RECEIPT_PAYLOAD_TYPE, &bytes);
+        let sig = key.sign(RECEIPT_NAMESPACE, &envelope::pae(RECEIPT_PAYLOAD_TYPE, &bytes))?;
+        env.add_signature(&sig).map_err(|e| KeyError::Sign(e.to_string()))?;
+        Ok(env)
+    }
+}
+
+/// Checks a receipt envelope against an agent public key (OpenSSH line) and
+/// returns the receipt.
+pub fn verify_receipt(env: &Envelope, agent_public_key: &str) -> Result<Receipt, String> {
+    if env.payload_type != RECEIPT_PAYLOAD_TYPE {
+        return Err(format!("payloadType {:?} is not a receipt", env.payload_type));
+    }
+    let expected = ssh_key::PublicKey::from_openssh(agent_public_key.trim()).map_err(|e| format!("agent key: {e}"))?;
+    let bytes = env.payload_bytes().map_err(|e| e.to_string())?;
+    let message = envelope::pae(&env.payload_type, &bytes);
+    let sig = env.signatures.first().ok_or("the receipt is not signed")?;
+    let sig = envelope::decode_signature(&sig.sig)?;
+    if sig.public_key() != expected.key_data() {
+        return Err("the receipt was signed by another key".into());
+    }
+    envelope::verify_sshsig(RECEIPT_NAMESPACE, &message, &sig)?;
+    serde_json::from_slice(&bytes).map_err(|e| format!("receipt payload: {e}"))
+}
+
+/// Writes a signed receipt under `dir` as `NAME.json` (0600).
+pub fn store(dir: &Path, name: &str, env: &Envelope) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec_pretty(env)?;
+    tourniquet_providers::write_atomically(&dir.join(format!("{name}.json")), &bytes, 0o600)
+}

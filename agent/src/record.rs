@@ -1,0 +1,182 @@
+//! The durable picture of one command on this agent: its state, what it
+//! changed, what the probes said, and when each step happened. The journal
+//! persists it, receipts are rendered from it, and the API serves it.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::payload::{Guard, Payload, Timestamp};
+use crate::policy::TrustedSigner;
+use crate::rejection::Reason;
+use crate::telemetry::TelemetryReport;
+
+/// Where a command is in its lifecycle (DESIGN §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Received,
+    Verified,
+    Rejected,
+    Planned,
+    Journaled,
+    Sampled,
+    Applied,
+    Baking,
+    Kept,
+    RolledBack,
+    Reverted,
+    Failed,
+    Superseded,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Received => "received",
+            State::Verified => "verified",
+            State::Rejected => "rejected",
+            State::Planned => "planned",
+            State::Journaled => "journaled",
+            State::Sampled => "sampled",
+            State::Applied => "applied",
+            State::Baking => "baking",
+            State::Kept => "kept",
+            State::RolledBack => "rolled_back",
+            State::Reverted => "reverted",
+            State::Failed => "failed",
+            State::Superseded => "superseded",
+        }
+    }
+
+    /// Every state, for fault injection tests and docs.
+    pub const ALL: [State; 13] = [
+        State::Received,
+        State::Verified,
+        State::Rejected,
+        State::Planned,
+        State::Journaled,
+        State::Sampled,
+        State::Applied,
+        State::Baking,
+        State::Kept,
+        State::RolledBack,
+        State::Reverted,
+        State::Failed,
+        State::Superseded,
+    ];
+
+    pub fn parse(s: &str) -> Option<State> {
+        State::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+/// One action's before/after.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ActionRecord {
+    pub resource: String,
+    pub op: String,
+    #[serde(default)]
+    pub params: Map<String, Value>,
+    /// State captured at planning.
+    #[serde(default)]
+    pub before: Option<Value>,
+    /// What planning said the state would become.
+    #[serde(default)]
+    pub planned: Option<Value>,
+    /// State the provider reported after apply.
+    #[serde(default)]
+    pub after: Option<Value>,
+    pub reversible: bool,
+    #[serde(default)]
+    pub applied: bool,
+    #[serde(default)]
+    pub reverted: bool,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// One step of the timeline.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Transition {
+    pub state: State,
+    pub at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// Everything this agent knows about one command.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CommandRecord {
+    pub id: String,
+    pub state: State,
+    /// The envelope exactly as received.
+    pub envelope: String,
+    pub envelope_sha256: String,
+    /// `http`, `inbox`, …
+    pub transport: String,
+    pub received_at: Timestamp,
+    #[serde(default)]
+    pub payload: Option<Payload>,
+    #[serde(default)]
+    pub signers: Vec<TrustedSigner>,
+    #[serde(default)]
+    pub actions: Vec<ActionRecord>,
+    /// The guard in force: the command's, or its resource's default.
+    #[serde(default)]
+    pub guard: Option<Guard>,
+    #[serde(default)]
+    pub telemetry: Option<TelemetryReport>,
+    /// The id stays in the replay set until then.
+    #[serde(default)]
+    pub replay_until: Option<Timestamp>,
+    #[serde(default)]
+    pub hold_until: Option<Timestamp>,
+    #[serde(default)]
+    pub reason: Option<Reason>,
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub timeline: Vec<Transition>,
+    /// Receipt file names, oldest first.
+    #[serde(default)]
+    pub receipts: Vec<String>,
+    /// For `revert` commands: the command undone. For superseded ones: the
+    /// newer command that took over.
+    #[serde(default)]
+    pub related: Option<String>,
+}
+
+impl CommandRecord {
+    /// Terminal: nothing further will happen to it.
+    pub fn is_terminal(&self) -> bool {
+        match self.state {
+            State::Rejected | State::RolledBack | State::Reverted | State::Failed | State::Superseded => true,
+            State::Planned => self.payload.as_ref().is_some_and(|p| p.dry_run),
+            State::Kept => self.hold_until.is_none(),
+            _ => false,
+        }
+    }
+
+    /// Applied and still in force with a hold or revertable effect.
+    pub fn is_active(&self) -> bool {
+        self.state == State::Kept
+    }
+
+    /// Settled for a waiting client: terminal, or kept (even if held).
+    pub fn is_settled(&self) -> bool {
+        self.is_terminal() || self.state == State::Kept
+    }
+
+    pub fn transition(&mut self, state: State, note: Option<String>) {
+        self.state = state;
+        self.timeline.push(Transition {
+            state,
+            at: Timestamp::now(),
+            note,
+        });
+    }
+
+    pub fn dry_run(&self) -> bool {
+        self.payload.as_ref().is_some_and(|p| p.dry_run)
+    }
+}

@@ -1,0 +1,122 @@
+//! The stable reason codes of a rejected command.
+//!
+//! Scripts and dashboards key on these strings, so they never change once
+//! shipped. Each carries the HTTP status the API answers with and a human
+//! sentence; the sentence may name fields but never a secret.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Why a command was refused. A refused command changes nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    BadEnvelope,
+    BadPayload,
+    TooLarge,
+    BadSignature,
+    UnknownSigner,
+    RevokedKey,
+    KeyNotValidNow,
+    QuorumNotMet,
+    NotPermitted,
+    Expired,
+    NotYetValid,
+    TtlTooLong,
+    Replay,
+    NotTargeted,
+    UnknownResource,
+    InvalidAction,
+    PolicyExpired,
+}
+
+impl Reason {
+    /// Every reason, for docs, metrics and tests.
+    pub const ALL: [Reason; 17] = [
+        Reason::BadEnvelope,
+        Reason::BadPayload,
+        Reason::TooLarge,
+        Reason::BadSignature,
+        Reason::UnknownSigner,
+        Reason::RevokedKey,
+        Reason::KeyNotValidNow,
+        Reason::QuorumNotMet,
+        Reason::NotPermitted,
+        Reason::Expired,
+        Reason::NotYetValid,
+        Reason::TtlTooLong,
+        Reason::Replay,
+        Reason::NotTargeted,
+        Reason::UnknownResource,
+        Reason::InvalidAction,
+        Reason::PolicyExpired,
+    ];
+
+    /// The stable code, e.g. `quorum_not_met`.
+    pub fn code(self) -> &'static str {
+        match self {
+            Reason::BadEnvelope => "bad_envelope",
+            Reason::BadPayload => "bad_payload",
+            Reason::TooLarge => "too_large",
+            Reason::BadSignature => "bad_signature",
+            Reason::UnknownSigner => "unknown_signer",
+            Reason::RevokedKey => "revoked_key",
+            Reason::KeyNotValidNow => "key_not_valid_now",
+            Reason::QuorumNotMet => "quorum_not_met",
+            Reason::NotPermitted => "not_permitted",
+            Reason::Expired => "expired",
+            Reason::NotYetValid => "not_yet_valid",
+            Reason::TtlTooLong => "ttl_too_long",
+            Reason::Replay => "replay",
+            Reason::NotTargeted => "not_targeted",
+            Reason::UnknownResource => "unknown_resource",
+            Reason::InvalidAction => "invalid_action",
+            Reason::PolicyExpired => "policy_expired",
+        }
+    }
+
+    /// The HTTP status `POST /v1/commands` answers with.
+    pub fn http_status(self) -> u16 {
+        match self {
+            Reason::BadEnvelope | Reason::BadPayload => 400,
+            Reason::TooLarge => 413,
+            Reason::BadSignature
+            | Reason::UnknownSigner
+            | Reason::RevokedKey
+            | Reason::KeyNotValidNow => 401,
+            Reason::QuorumNotMet | Reason::NotPermitted => 403,
+            Reason::UnknownResource => 404,
+            Reason::Replay => 409,
+            Reason::Expired
+            | Reason::NotYetValid
+            | Reason::TtlTooLong
+            | Reason::NotTargeted
+            | Reason::InvalidAction => 422,
+            Reason::PolicyExpired => 503,
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// A refusal: the code, plus a sentence for the human reading the receipt.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}: {message}")]
+pub struct Rejection {
+    pub reason: Reason,
+    pub message: String,
+}
+
+impl Rejection {
+    pub fn new(reason: Reason, message: impl Into<String>) -> Self {
+        Rejection {
+            reason,
+            message: message.into(),
+        }
+    }
+}
