@@ -1,1 +1,522 @@
+//! Bad input gets a clear error and changes nothing: one hostile command per
+//! rejection reason, sent to the real agent over HTTP.
 
+use base64::Engine;
+use serde_json::{json, Value};
+use tourniquet::envelope::sha256_hex;
+use tourniquet_e2e::*;
+
+fn hours_ago(h: u64) -> String {
+    humantime::format_rfc3339_seconds(
+        std::time::SystemTime::now() - std::time::Duration::from_secs(h * 3600),
+    )
+    .to_string()
+}
+fn hours_ahead(h: u64) -> String {
+    humantime::format_rfc3339_seconds(
+        std::time::SystemTime::now() + std::time::Duration::from_secs(h * 3600),
+    )
+    .to_string()
+}
+
+struct Case {
+    name: &'static str,
+    body: Vec<u8>,
+    status: u16,
+    reason: &'static str,
+}
+
+/// A policy with extra keys for the key-state cases.
+fn table_env() -> Env {
+    let mut env = Env::new();
+    env.add_key("carol"); // expired validity window
+    env.add_key("dave"); // role without permissions
+    env.add_key("erin"); // revoked
+                         // Top-level keys go before the tables.
+    let mut text = format!(
+        "revoked = [\"{}\"]\n{}",
+        env.key("erin").fingerprint,
+        env.default_policy()
+    );
+    text.push_str(&format!(
+        r#"
+[keys.carol]
+public_key = "{}"
+roles = ["sre"]
+valid_before = "2020-01-01T00:00:00Z"
+
+[keys.dave]
+public_key = "{}"
+roles = ["viewer"]
+
+[keys.erin]
+public_key = "{}"
+roles = ["sre"]
+"#,
+        env.key("carol").public,
+        env.key("dave").public,
+        env.key("erin").public
+    ));
+    env.write_policy(&text);
+    env
+}
+
+fn cases(env: &Env, agent: &Agent) -> Vec<Case> {
+    let alice = env.key("alice");
+    let good = |actions: Value| sign(&payload(actions), &[alice]);
+    let mut out = Vec::new();
+    let mut case = |name, body: Vec<u8>, status, reason| {
+        out.push(Case {
+            name,
+            body,
+            status,
+            reason,
+        })
+    };
+
+    // bad_envelope
+    case(
+        "not JSON",
+        b"this is not json".to_vec(),
+        400,
+        "bad_envelope",
+    );
+    case(
+        "wrong payloadType",
+        {
+            let mut e: Value = serde_json::from_slice(&good(set_new_flow("off"))).unwrap();
+            e["payloadType"] = json!("application/json");
+            serde_json::to_vec(&e).unwrap()
+        },
+        400,
+        "bad_envelope",
+    );
+    case(
+        "unknown envelope field",
+        {
+            let mut e: Value = serde_json::from_slice(&good(set_new_flow("off"))).unwrap();
+            e["extra"] = json!(1);
+            serde_json::to_vec(&e).unwrap()
+        },
+        400,
+        "bad_envelope",
+    );
+    case(
+        "payload not base64",
+        {
+            let mut e: Value = serde_json::from_slice(&good(set_new_flow("off"))).unwrap();
+            e["payload"] = json!("***not base64***");
+            serde_json::to_vec(&e).unwrap()
+        },
+        400,
+        "bad_envelope",
+    );
+
+    // bad_payload: signed, but not a valid payload.
+    let signed_text =
+        |text: String| serde_json::to_vec(&sign_bytes(text.as_bytes(), &[alice])).unwrap();
+    let base = serde_json::to_string(&payload(set_new_flow("off"))).unwrap();
+    case(
+        "payload with an unknown field",
+        signed_text(base.replacen("{", "{\"colour\":\"red\",", 1)),
+        400,
+        "bad_payload",
+    );
+    case(
+        "payload with a duplicated key",
+        signed_text(base.replacen("{", "{\"reason\":\"first\",", 1)),
+        400,
+        "bad_payload",
+    );
+    case(
+        "payload with a float",
+        signed_text(base.replace("\"variant\":\"off\"", "\"variant\":\"off\",\"weight\":0.5")),
+        400,
+        "bad_payload",
+    );
+    case(
+        "payload that is not an object",
+        signed_text("[1,2,3]".into()),
+        400,
+        "bad_payload",
+    );
+
+    // too_large
+    case(
+        "a 10 MiB body",
+        vec![b' '; 10 * 1024 * 1024],
+        413,
+        "too_large",
+    );
+
+    // bad_signature
+    case(
+        "tampered payload",
+        {
+            let mut e: Value = serde_json::from_slice(&good(set_new_flow("off"))).unwrap();
+            let other = serde_json::to_vec(&payload(set_new_flow("on"))).unwrap();
+            e["payload"] = json!(base64::engine::general_purpose::STANDARD.encode(other));
+            serde_json::to_vec(&e).unwrap()
+        },
+        401,
+        "bad_signature",
+    );
+    case(
+        "no signatures",
+        {
+            let mut e: Value = serde_json::from_slice(&good(set_new_flow("off"))).unwrap();
+            e["signatures"] = json!([]);
+            serde_json::to_vec(&e).unwrap()
+        },
+        401,
+        "bad_signature",
+    );
+    case(
+        "garbage signature",
+        {
+            let mut e: Value = serde_json::from_slice(&good(set_new_flow("off"))).unwrap();
+            e["signatures"][0]["sig"] = json!("AAAA");
+            serde_json::to_vec(&e).unwrap()
+        },
+        401,
+        "bad_signature",
+    );
+    case(
+        "signature for another namespace",
+        {
+            let p = serde_json::to_vec(&payload(set_new_flow("off"))).unwrap();
+            let msg = tourniquet::envelope::pae(tourniquet::envelope::COMMAND_PAYLOAD_TYPE, &p);
+            let sig = alice.signer().sign("file", &msg).unwrap();
+            let mut env =
+                tourniquet::envelope::Envelope::new(tourniquet::envelope::COMMAND_PAYLOAD_TYPE, &p);
+            env.add_signature(&sig).unwrap();
+            serde_json::to_vec(&env).unwrap()
+        },
+        401,
+        "bad_signature",
+    );
+
+    // signer trust
+    case(
+        "unknown signer",
+        sign(&payload(set_new_flow("off")), &[env.key("mallory")]),
+        401,
+        "unknown_signer",
+    );
+    case(
+        "revoked key",
+        sign(&payload(set_new_flow("off")), &[env.key("erin")]),
+        401,
+        "revoked_key",
+    );
+    case(
+        "key outside its validity window",
+        sign(&payload(set_new_flow("off")), &[env.key("carol")]),
+        401,
+        "key_not_valid_now",
+    );
+    case(
+        "two-person rule with one key",
+        good(
+            json!([{"resource":"locked-flags","op":"flag.state","flag":"new_flow","state":"DISABLED"}]),
+        ),
+        403,
+        "quorum_not_met",
+    );
+    case(
+        "the same signature twice against threshold 2",
+        {
+            let mut e: Value = serde_json::from_slice(&good(json!([{"resource":"locked-flags","op":"flag.state","flag":"new_flow","state":"DISABLED"}]))).unwrap();
+            let sig = e["signatures"][0].clone();
+            e["signatures"] = json!([sig.clone(), sig]);
+            serde_json::to_vec(&e).unwrap()
+        },
+        403,
+        "quorum_not_met",
+    );
+    case(
+        "a role without permission",
+        sign(&payload(set_new_flow("off")), &[env.key("dave")]),
+        403,
+        "not_permitted",
+    );
+    case(
+        "an op no rule allows",
+        good(json!([{"resource":"checkout-flags","op":"secret.rollback"}])),
+        403,
+        "not_permitted",
+    );
+
+    // times
+    let mut p = payload(set_new_flow("off"));
+    p["issued_at"] = json!(hours_ago(2));
+    p["expires"] = json!(hours_ago(1));
+    case("expired", sign(&p, &[alice]), 422, "expired");
+    let mut p = payload(set_new_flow("off"));
+    p["issued_at"] = json!(hours_ahead(1));
+    p["expires"] = json!(humantime::format_rfc3339_seconds(
+        std::time::SystemTime::now() + std::time::Duration::from_secs(3900)
+    )
+    .to_string());
+    case(
+        "issued in the future",
+        sign(&p, &[alice]),
+        422,
+        "not_yet_valid",
+    );
+    let mut p = payload(set_new_flow("off"));
+    p["not_before"] = json!(hours_ahead(1));
+    case(
+        "not_before in the future",
+        sign(&p, &[alice]),
+        422,
+        "not_yet_valid",
+    );
+    let mut p = payload(set_new_flow("off"));
+    p["expires"] = json!(hours_ahead(2));
+    case(
+        "ttl longer than max_ttl",
+        sign(&p, &[alice]),
+        422,
+        "ttl_too_long",
+    );
+
+    // replay: accepted once (sent in the test before the table), then refused.
+    case("replay", agent_replay_body(env, agent), 409, "replay");
+
+    // targeting and resources
+    let mut p = payload(set_new_flow("off"));
+    p["target"] = json!({"agents": ["edge-fra-01"]});
+    case(
+        "targeted at another agent",
+        sign(&p, &[alice]),
+        422,
+        "not_targeted",
+    );
+    let mut p = payload(set_new_flow("off"));
+    p["target"] = json!({"labels": {"env": "prod"}});
+    case(
+        "targeted at other labels",
+        sign(&p, &[alice]),
+        422,
+        "not_targeted",
+    );
+    case(
+        "a resource the config does not declare",
+        good(json!([{"resource":"payments-secret","op":"flag.set","flag":"x","variant":"y"}])),
+        404,
+        "unknown_resource",
+    );
+    case(
+        "a path instead of a resource name",
+        good(json!([{"resource":"/etc/passwd","op":"flag.set","flag":"x","variant":"y"}])),
+        404,
+        "unknown_resource",
+    );
+    case(
+        "a flag the file does not have",
+        good(json!([{"resource":"checkout-flags","op":"flag.set","flag":"nope","variant":"off"}])),
+        422,
+        "invalid_action",
+    );
+    case(
+        "a variant the flag does not have",
+        good(
+            json!([{"resource":"checkout-flags","op":"flag.set","flag":"new_flow","variant":"maybe"}]),
+        ),
+        422,
+        "invalid_action",
+    );
+    case(
+        "unknown action parameter",
+        good(
+            json!([{"resource":"checkout-flags","op":"flag.set","flag":"new_flow","variant":"off","path":"/tmp/x"}]),
+        ),
+        422,
+        "invalid_action",
+    );
+    case(
+        "revert of an unknown command",
+        good(json!([{"op":"revert","command": ulid::Ulid::new().to_string()}])),
+        422,
+        "invalid_action",
+    );
+    out
+}
+
+/// Sends a good dry-run command once (accepted), and returns its bytes for
+/// the replay case.
+fn agent_replay_body(env: &Env, agent: &Agent) -> Vec<u8> {
+    let mut p = payload(set_new_flow("off"));
+    p["dry_run"] = json!(true);
+    let body = sign(&p, &[env.key("alice")]);
+    let (status, v) = post_command(agent, &body);
+    assert_eq!(
+        status, 202,
+        "the original of the replay case must be accepted: {v}"
+    );
+    wait_settled(agent, v["id"].as_str().unwrap());
+    body
+}
+
+#[test]
+fn every_rejection_reason_changes_nothing_and_leaves_a_receipt() {
+    let env = table_env();
+    let agent = env.start();
+    let cases = cases(&env, &agent);
+    let flags_before = env.flags_bytes();
+    let mut covered = std::collections::BTreeSet::new();
+    for c in &cases {
+        let (status, body) = post_command(&agent, &c.body);
+        assert_eq!(status, c.status, "{}: status (body {body})", c.name);
+        assert_eq!(body["reason"], c.reason, "{}: reason (body {body})", c.name);
+        assert!(
+            body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{}: a human sentence is required",
+            c.name
+        );
+        assert_eq!(
+            env.flags_bytes(),
+            flags_before,
+            "{}: the flags file must be byte-identical",
+            c.name
+        );
+        // A signed rejection receipt comes back and is stored.
+        let receipt = &body["receipt"];
+        assert_eq!(
+            receipt["payloadType"], "application/vnd.tourniquet.receipt.v1+json",
+            "{}: receipt",
+            c.name
+        );
+        let receipt_payload: Value = serde_json::from_slice(
+            &tourniquet::envelope::decode_base64(receipt["payload"].as_str().unwrap()).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(receipt_payload["reason_code"], c.reason, "{}", c.name);
+        assert_eq!(receipt_payload["decision"], "rejected", "{}", c.name);
+        // An audit entry names the envelope by its hash.
+        let sha = if c.body.len() > 64 * 1024 {
+            sha256_hex(&c.body[..64 * 1024 + 1])
+        } else {
+            sha256_hex(&c.body)
+        };
+        let entries = env.audit_entries();
+        assert!(
+            entries
+                .iter()
+                .any(|e| e["event"] == "rejected" && e["envelope_sha256"] == sha.as_str()),
+            "{}: no audit entry for the rejection",
+            c.name
+        );
+        covered.insert(c.reason);
+    }
+    // Every reason but policy_expired (its own test: it needs an expired policy).
+    for r in tourniquet::rejection::Reason::ALL {
+        if r.code() != "policy_expired" {
+            assert!(covered.contains(r.code()), "no hostile case for {r}");
+        }
+    }
+    let stored = std::fs::read_dir(env.path("state/receipts"))
+        .unwrap()
+        .count();
+    assert!(
+        stored >= cases.len(),
+        "{stored} receipts stored for {} rejections",
+        cases.len()
+    );
+    let (code, out, err) = env.cli(&["audit", "verify", "--state", "state"]);
+    assert_eq!(code, 0, "audit chain must verify: {out}{err}");
+}
+
+#[test]
+fn an_expired_policy_refuses_everything() {
+    let env = Env::new();
+    let policy = format!(
+        "expires = \"2020-01-01T00:00:00Z\"\n{}",
+        env.default_policy()
+    );
+    env.write_policy(&policy);
+    let agent = env.start();
+    let (status, body) = post_command(
+        &agent,
+        &sign(&payload(set_new_flow("off")), &[env.key("alice")]),
+    );
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (503, Some("policy_expired")),
+        "{body}"
+    );
+    assert_eq!(env.variant("new_flow"), "on");
+}
+
+#[test]
+fn url_safe_base64_payload_is_accepted() {
+    let env = Env::new();
+    let agent = env.start();
+    let mut p = payload(set_new_flow("off"));
+    // Characters whose standard base64 has '+' and '/'.
+    p["reason"] = json!("INC-7 ??? >>> ~~~ checkout");
+    let bytes = serde_json::to_vec(&p).unwrap();
+    let mut env_json: Value =
+        serde_json::to_value(sign_bytes(&bytes, &[env.key("alice")])).unwrap();
+    let url_safe = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&bytes);
+    assert!(
+        url_safe.contains('-') || url_safe.contains('_'),
+        "the case must exercise the URL-safe alphabet"
+    );
+    env_json["payload"] = json!(url_safe);
+    let (status, body) = post_command(&agent, &serde_json::to_vec(&env_json).unwrap());
+    assert_eq!(status, 202, "{body}");
+    let rec = wait_settled(&agent, body["id"].as_str().unwrap());
+    assert_eq!(rec["state"], "kept");
+    assert_eq!(env.variant("new_flow"), "off");
+}
+
+#[test]
+fn a_broken_config_fails_at_start_naming_file_line_and_field() {
+    let env = Env::new();
+    let broken = env
+        .default_config()
+        .replace("[inbox]\n", "[inbox]\ncolour = \"red\"\n");
+    env.write_config(&broken);
+    let (code, _out, err) = env.cli(&["agent", "--config", "agent.toml"]);
+    assert_ne!(code, 0);
+    let line = broken
+        .lines()
+        .position(|l| l.starts_with("colour"))
+        .unwrap()
+        + 1;
+    assert!(
+        err.contains(&format!("agent.toml:{line}:")),
+        "file and line: {err}"
+    );
+    assert!(err.contains("colour"), "field: {err}");
+    // --check reports the same without starting.
+    let (code, _, err2) = env.cli(&["agent", "--config", "agent.toml", "--check"]);
+    assert_ne!(code, 0);
+    assert!(err2.contains("colour"), "{err2}");
+}
+
+#[test]
+fn a_missing_policy_refuses_to_start() {
+    let env = Env::new();
+    std::fs::remove_file(env.path("policy.toml")).unwrap();
+    let (code, _out, err) = env.cli(&["agent", "--config", "agent.toml"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("policy.toml"), "{err}");
+}
+
+#[test]
+fn a_broken_policy_names_the_field() {
+    let env = Env::new();
+    env.write_policy(
+        &env.default_policy()
+            .replace("threshold = 2", "threshold = \"two\""),
+    );
+    let (code, _out, err) = env.cli(&["agent", "--config", "agent.toml", "--check"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("policy.toml:") && err.contains("threshold"),
+        "{err}"
+    );
+}

@@ -23,8 +23,10 @@ use crate::transport;
 
 /// Loads the policy, naming the file in any error.
 pub fn load_policy(path: &Path) -> Result<(Policy, String), String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e} (the policy is required)", path.display()))?;
-    let policy = Policy::from_toml(&text, &path.display().to_string()).map_err(|e| e.to_string())?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: {e} (the policy is required)", path.display()))?;
+    let policy =
+        Policy::from_toml(&text, &path.display().to_string()).map_err(|e| e.to_string())?;
     Ok((policy, sha256_hex(text.as_bytes())))
 }
 
@@ -32,7 +34,9 @@ pub fn load_policy(path: &Path) -> Result<(Policy, String), String> {
 pub fn check(cfg: &AgentConfig) -> Result<String, String> {
     let (policy, _) = load_policy(&cfg.agent.policy)?;
     for (name, r) in &cfg.resources {
-        r.provider.build().map_err(|e| format!("resources.{name}: {e}"))?;
+        r.provider
+            .build()
+            .map_err(|e| format!("resources.{name}: {e}"))?;
     }
     Ok(format!(
         "config ok: {} resource(s), {} probe(s); policy ok: {}",
@@ -46,14 +50,18 @@ pub fn check(cfg: &AgentConfig) -> Result<String, String> {
 pub async fn run(cfg: AgentConfig, dev_mode: bool) -> Result<(), String> {
     let agent_id = cfg.agent_id();
     let state_dir = cfg.agent.state_dir.clone();
-    crate::state::create_private_dir(&state_dir).map_err(|e| format!("{}: {e}", state_dir.display()))?;
+    crate::state::create_private_dir(&state_dir)
+        .map_err(|e| format!("{}: {e}", state_dir.display()))?;
     let (key, created_key) = crate::state::load_or_create_agent_key(&state_dir, &agent_id)?;
     let (policy, policy_sha) = load_policy(&cfg.agent.policy)?;
     let policy_summary = policy.summary();
 
     let mut resources = BTreeMap::new();
     for (name, r) in &cfg.resources {
-        let provider = r.provider.build().map_err(|e| format!("resources.{name}: {e}"))?;
+        let provider = r
+            .provider
+            .build()
+            .map_err(|e| format!("resources.{name}: {e}"))?;
         resources.insert(
             name.clone(),
             Resource {
@@ -62,7 +70,8 @@ pub async fn run(cfg: AgentConfig, dev_mode: bool) -> Result<(), String> {
             },
         );
     }
-    let loaded = Journal::load(&state_dir, Timestamp::now()).map_err(|e| format!("journal in {}: {e}", state_dir.display()))?;
+    let loaded = Journal::load(&state_dir, Timestamp::now())
+        .map_err(|e| format!("journal in {}: {e}", state_dir.display()))?;
     let audit = AuditLog::open(&state_dir.join("audit.jsonl")).map_err(|e| e.to_string())?;
     let identity = Identity {
         id: agent_id.clone(),
@@ -97,7 +106,15 @@ pub async fn run(cfg: AgentConfig, dev_mode: bool) -> Result<(), String> {
         None
     };
 
-    print_banner(&cfg, &agent_id, &lc, &policy_summary, created_key, dev_mode, listener.as_ref().map(|l| (l.2, l.1.is_some())));
+    print_banner(
+        &cfg,
+        &agent_id,
+        &lc,
+        &policy_summary,
+        created_key,
+        dev_mode,
+        listener.as_ref().map(|l| (l.2, l.1.is_some())),
+    );
     lc.audit_event(
         "agent_started",
         json!({"agent": agent_id, "version": env!("CARGO_PKG_VERSION"), "policy_sha256": policy_sha}),
@@ -113,7 +130,8 @@ pub async fn run(cfg: AgentConfig, dev_mode: bool) -> Result<(), String> {
     if let Some(inbox) = &cfg.inbox {
         let lc = lc.clone();
         let dir = inbox.dir.clone();
-        crate::state::create_private_dir(&dir).map_err(|e| format!("inbox {}: {e}", dir.display()))?;
+        crate::state::create_private_dir(&dir)
+            .map_err(|e| format!("inbox {}: {e}", dir.display()))?;
         tokio::spawn(async move {
             if let Err(e) = transport::inbox::run(lc, dir).await {
                 tracing::error!(error = %e, "inbox stopped");
@@ -157,17 +175,30 @@ fn print_banner(
     out.push_str(&format!(
         "tourniquet agent {agent_id} (v{}){}\n",
         env!("CARGO_PKG_VERSION"),
-        if created_key { ", agent key created" } else { "" }
+        if created_key {
+            ", agent key created"
+        } else {
+            ""
+        }
     ));
-    out.push_str(&format!("  trusts:   {} ({policy_summary})\n", cfg.agent.policy.display()));
+    out.push_str(&format!(
+        "  trusts:   {} ({policy_summary})\n",
+        cfg.agent.policy.display()
+    ));
     for (name, r) in &cfg.resources {
         let detail = match &r.provider {
             tourniquet_providers::ResourceConfig::FlagsFile(f) => f.path.display().to_string(),
         };
-        out.push_str(&format!("  manages:  {name} ({} {detail})\n", r.provider.kind()));
+        out.push_str(&format!(
+            "  manages:  {name} ({} {detail})\n",
+            r.provider.kind()
+        ));
     }
     if let Some((addr, tls)) = api {
-        out.push_str(&format!("  listens:  {}://{addr}\n", if tls { "https" } else { "http" }));
+        out.push_str(&format!(
+            "  listens:  {}://{addr}\n",
+            if tls { "https" } else { "http" }
+        ));
         if !addr.ip().is_loopback() && !tls {
             out.push_str("WARNING: the API listens on a non-loopback address without TLS (insecure = true)\n");
         }
@@ -187,17 +218,22 @@ fn print_banner(
 
 /// Reloads the policy whenever its file changes, across any number of
 /// atomic renames. A broken edit keeps the last good policy.
-fn watch_policy(lc: Arc<Lifecycle>, path: std::path::PathBuf) -> Result<notify::RecommendedWatcher, String> {
+fn watch_policy(
+    lc: Arc<Lifecycle>,
+    path: std::path::PathBuf,
+) -> Result<notify::RecommendedWatcher, String> {
     let dir = transport::watch::parent_dir(&path);
-    let (watcher, mut events) =
-        transport::watch::watch_dir(&dir).map_err(|e| format!("watching {}: {e}", dir.display()))?;
+    let (watcher, mut events) = transport::watch::watch_dir(&dir)
+        .map_err(|e| format!("watching {}: {e}", dir.display()))?;
     let name = path.file_name().map(|n| n.to_owned());
     tokio::spawn(async move {
         while let Some(p) = events.recv().await {
             if p.file_name() != name.as_deref() {
                 continue;
             }
-            let Ok(text) = std::fs::read_to_string(&path) else { continue };
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
             let sha = sha256_hex(text.as_bytes());
             if sha == lc.policy_sha256() {
                 continue;
@@ -209,7 +245,10 @@ fn watch_policy(lc: Arc<Lifecycle>, path: std::path::PathBuf) -> Result<notify::
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "policy edit rejected; keeping the last good policy");
-                    lc.audit_event("policy_rejected", json!({"sha256": sha, "error": e.to_string()}));
+                    lc.audit_event(
+                        "policy_rejected",
+                        json!({"sha256": sha, "error": e.to_string()}),
+                    );
                 }
             }
         }

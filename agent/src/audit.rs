@@ -77,14 +77,20 @@ impl AuditLog {
         let len = file.metadata().map_err(|e| io_err(path, e))?.len();
         let mut tail_start = len.saturating_sub(256 * 1024);
         let mut buf = Vec::new();
-        file.seek(SeekFrom::Start(tail_start)).map_err(|e| io_err(path, e))?;
+        file.seek(SeekFrom::Start(tail_start))
+            .map_err(|e| io_err(path, e))?;
         file.read_to_end(&mut buf).map_err(|e| io_err(path, e))?;
         let mut torn = None;
         if !buf.is_empty() && !buf.ends_with(b"\n") {
-            let keep = buf.iter().rposition(|&b| b == b'\n').map(|i| i + 1).unwrap_or(0);
+            let keep = buf
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map(|i| i + 1)
+                .unwrap_or(0);
             torn = Some(buf.len() - keep);
             buf.truncate(keep);
-            file.set_len(tail_start + keep as u64).map_err(|e| io_err(path, e))?;
+            file.set_len(tail_start + keep as u64)
+                .map_err(|e| io_err(path, e))?;
             file.sync_all().map_err(|e| io_err(path, e))?;
         }
         if tail_start > 0 {
@@ -94,7 +100,10 @@ impl AuditLog {
                 tail_start += 1;
             }
         }
-        let last_line = buf.split(|&b| b == b'\n').filter(|l| !l.is_empty()).next_back();
+        let last_line = buf
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .next_back();
         let (last_hash, next_seq) = match last_line {
             Some(line) => {
                 let entry: AuditEntry = serde_json::from_slice(line)
@@ -111,7 +120,13 @@ impl AuditLog {
             next_seq,
         };
         if let Some(bytes) = torn {
-            log.append("audit_tail_repaired", None, None, serde_json::json!({"dropped_bytes": bytes}), true)?;
+            log.append(
+                "audit_tail_repaired",
+                None,
+                None,
+                serde_json::json!({"dropped_bytes": bytes}),
+                true,
+            )?;
         }
         Ok(log)
     }
@@ -137,7 +152,9 @@ impl AuditLog {
         let mut line = serde_json::to_vec(&entry).map_err(|e| io_err(&self.path, e))?;
         let hash = sha256_hex(&line);
         line.push(b'\n');
-        self.file.write_all(&line).map_err(|e| io_err(&self.path, e))?;
+        self.file
+            .write_all(&line)
+            .map_err(|e| io_err(&self.path, e))?;
         if durable {
             self.file.sync_data().map_err(|e| io_err(&self.path, e))?;
         }
@@ -220,11 +237,15 @@ mod tests {
         {
             let mut log = AuditLog::open(&path).unwrap();
             for i in 0..5 {
-                log.append("test", Some(&format!("c{i}")), None, Value::Null, false).unwrap();
+                log.append("test", Some(&format!("c{i}")), None, Value::Null, false)
+                    .unwrap();
             }
         }
         // Reopening continues the chain.
-        AuditLog::open(&path).unwrap().append("more", None, None, Value::Null, true).unwrap();
+        AuditLog::open(&path)
+            .unwrap()
+            .append("more", None, None, Value::Null, true)
+            .unwrap();
         assert_eq!(verify_chain(&path).unwrap().entries, 6);
         let text = std::fs::read_to_string(&path).unwrap();
         std::fs::write(&path, text.replacen("c2", "cX", 1)).unwrap();
@@ -235,7 +256,10 @@ mod tests {
     fn torn_tail_is_repaired_and_recorded() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
-        AuditLog::open(&path).unwrap().append("a", None, None, Value::Null, true).unwrap();
+        AuditLog::open(&path)
+            .unwrap()
+            .append("a", None, None, Value::Null, true)
+            .unwrap();
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(b"{\"seq\":2,\"at\":").unwrap();
         drop(f);

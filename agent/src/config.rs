@@ -23,7 +23,11 @@ pub enum ConfigError {
     #[error("{0}")]
     Parse(String),
     #[error("{path}: {field}: {why}")]
-    Invalid { path: String, field: String, why: String },
+    Invalid {
+        path: String,
+        field: String,
+        why: String,
+    },
 }
 
 /// `agent.toml`.
@@ -168,7 +172,12 @@ pub fn toml_error(origin: &str, text: &str, err: &toml::de::Error) -> String {
         Some(span) => {
             let before = &text[..span.start.min(text.len())];
             let line = before.matches('\n').count() + 1;
-            let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+            let col = before
+                .rsplit('\n')
+                .next()
+                .map(|l| l.chars().count())
+                .unwrap_or(0)
+                + 1;
             let source_line = text.lines().nth(line - 1).unwrap_or("").trim();
             format!("{origin}:{line}:{col}: {message} (in `{source_line}`)")
         }
@@ -180,7 +189,10 @@ pub fn toml_error(origin: &str, text: &str, err: &toml::de::Error) -> String {
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
@@ -216,9 +228,13 @@ impl AgentConfig {
         };
         fix(&mut self.agent.state_dir);
         fix(&mut self.agent.policy);
-        for p in [&mut self.api.tls_cert, &mut self.api.tls_key, &mut self.api.client_ca]
-            .into_iter()
-            .flatten()
+        for p in [
+            &mut self.api.tls_cert,
+            &mut self.api.tls_key,
+            &mut self.api.client_ca,
+        ]
+        .into_iter()
+        .flatten()
         {
             fix(p);
         }
@@ -246,17 +262,27 @@ impl AgentConfig {
         };
         if let Some(id) = &self.agent.id {
             if !valid_name(id) {
-                return Err(invalid("agent.id".into(), format!("{id:?} must be 1-64 of [A-Za-z0-9._-]")));
+                return Err(invalid(
+                    "agent.id".into(),
+                    format!("{id:?} must be 1-64 of [A-Za-z0-9._-]"),
+                ));
             }
         }
         let api = &self.api;
         if api.tls_cert.is_some() != api.tls_key.is_some() {
-            return Err(invalid("api.tls_cert".into(), "tls_cert and tls_key go together".into()));
+            return Err(invalid(
+                "api.tls_cert".into(),
+                "tls_cert and tls_key go together".into(),
+            ));
         }
         if api.client_ca.is_some() && api.tls_cert.is_none() {
-            return Err(invalid("api.client_ca".into(), "mTLS needs tls_cert and tls_key too".into()));
+            return Err(invalid(
+                "api.client_ca".into(),
+                "mTLS needs tls_cert and tls_key too".into(),
+            ));
         }
-        if api.enabled && !api.listen.ip().is_loopback() && api.tls_cert.is_none() && !api.insecure {
+        if api.enabled && !api.listen.ip().is_loopback() && api.tls_cert.is_none() && !api.insecure
+        {
             return Err(invalid(
                 "api.listen".into(),
                 format!(
@@ -267,7 +293,10 @@ impl AgentConfig {
         }
         for (name, r) in &self.resources {
             if !valid_name(name) {
-                return Err(invalid(format!("resources.{name}"), "names must be 1-64 of [A-Za-z0-9._-]".into()));
+                return Err(invalid(
+                    format!("resources.{name}"),
+                    "names must be 1-64 of [A-Za-z0-9._-]".into(),
+                ));
             }
             r.provider
                 .validate()
@@ -275,25 +304,40 @@ impl AgentConfig {
             if let Some(g) = &r.guard {
                 for p in &g.probes {
                     if !self.probes.contains_key(p) {
-                        return Err(invalid(format!("resources.{name}.guard.probes"), format!("no probe named {p:?}")));
+                        return Err(invalid(
+                            format!("resources.{name}.guard.probes"),
+                            format!("no probe named {p:?}"),
+                        ));
                     }
                 }
             }
         }
         for (name, p) in &self.probes {
             if !valid_name(name) {
-                return Err(invalid(format!("probes.{name}"), "names must be 1-64 of [A-Za-z0-9._-]".into()));
+                return Err(invalid(
+                    format!("probes.{name}"),
+                    "names must be 1-64 of [A-Za-z0-9._-]".into(),
+                ));
             }
             match p {
                 ProbeConfig::Http(h) => {
                     if !(h.url.starts_with("http://") || h.url.starts_with("https://")) {
-                        return Err(invalid(format!("probes.{name}.url"), "must be an http:// or https:// URL".into()));
+                        return Err(invalid(
+                            format!("probes.{name}.url"),
+                            "must be an http:// or https:// URL".into(),
+                        ));
                     }
                     if reqwest::Url::parse(&h.url).is_err() {
-                        return Err(invalid(format!("probes.{name}.url"), format!("{:?} does not parse", h.url)));
+                        return Err(invalid(
+                            format!("probes.{name}.url"),
+                            format!("{:?} does not parse", h.url),
+                        ));
                     }
                     if h.samples == 0 || h.samples > 1000 {
-                        return Err(invalid(format!("probes.{name}.samples"), "must be 1 to 1000".into()));
+                        return Err(invalid(
+                            format!("probes.{name}.samples"),
+                            "must be 1 to 1000".into(),
+                        ));
                     }
                 }
             }
@@ -320,7 +364,9 @@ mod tests {
     #[test]
     fn unknown_key_names_file_line_and_key() {
         let text = "[agent]\nstate_dir = \"s\"\npolicy = \"p\"\ncolour = \"red\"\n";
-        let err = AgentConfig::from_toml(text, "agent.toml", Path::new("")).unwrap_err().to_string();
+        let err = AgentConfig::from_toml(text, "agent.toml", Path::new(""))
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("agent.toml:4:"), "{err}");
         assert!(err.contains("colour"), "{err}");
     }
@@ -328,7 +374,9 @@ mod tests {
     #[test]
     fn non_loopback_needs_tls_or_insecure() {
         let text = "[agent]\nstate_dir = \"s\"\npolicy = \"p\"\n[api]\nlisten = \"0.0.0.0:7370\"\n";
-        let err = AgentConfig::from_toml(text, "a.toml", Path::new("")).unwrap_err().to_string();
+        let err = AgentConfig::from_toml(text, "a.toml", Path::new(""))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("api.listen"), "{err}");
         let ok = format!("{text}insecure = true\n");
         assert!(AgentConfig::from_toml(&ok, "a.toml", Path::new("")).is_ok());
@@ -337,7 +385,9 @@ mod tests {
     #[test]
     fn unknown_provider_field_is_an_error() {
         let text = "[agent]\nstate_dir = \"s\"\npolicy = \"p\"\n[resources.f]\nkind = \"flags-file\"\npath = \"x.json\"\npaht = \"y\"\n";
-        let err = AgentConfig::from_toml(text, "a.toml", Path::new("")).unwrap_err().to_string();
+        let err = AgentConfig::from_toml(text, "a.toml", Path::new(""))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("paht"), "{err}");
     }
 }

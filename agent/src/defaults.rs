@@ -90,7 +90,8 @@ pub fn prepare() -> Result<DevSetup, String> {
         keys::generate_keypair(&key_path, "tourniquet-dev-operator").map_err(|e| e.to_string())?;
         created_key = true;
     }
-    let public = fs::read_to_string(keys::pub_path(&key_path)).map_err(|e| format!("{}: {e}", key_path.display()))?;
+    let public = fs::read_to_string(keys::pub_path(&key_path))
+        .map_err(|e| format!("{}: {e}", key_path.display()))?;
     let policy_path = dir.join("policy.toml");
     if created_key || !policy_path.exists() {
         let policy = format!(
@@ -119,6 +120,10 @@ threshold = 1
         tourniquet_providers::write_atomically(&flags, DEMO_FLAGS.as_bytes(), 0o644)
             .map_err(|e| format!("{}: {e}", flags.display()))?;
     }
-    let config = AgentConfig::from_toml(DEFAULT_CONFIG, "<embedded default>", Path::new("")).map_err(|e| e.to_string())?;
-    Ok(DevSetup { config, created_key })
+    let config = AgentConfig::from_toml(DEFAULT_CONFIG, "<embedded default>", Path::new(""))
+        .map_err(|e| e.to_string())?;
+    Ok(DevSetup {
+        config,
+        created_key,
+    })
 }

@@ -93,7 +93,10 @@ pub fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
 
 /// Lowercase hex SHA-256.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 impl Envelope {
@@ -174,11 +177,14 @@ pub fn verify_sshsig(namespace: &str, message: &[u8], sig: &SshSig) -> Result<Ke
             sig.namespace()
         ));
     }
-    let key = sig
-        .public_key()
-        .ed25519()
-        .ok_or_else(|| format!("key type {} is not accepted; use ssh-ed25519", sig.public_key().algorithm()))?;
-    let verifying = VerifyingKey::from_bytes(&key.0).map_err(|_| "public key is not a valid ed25519 point".to_string())?;
+    let key = sig.public_key().ed25519().ok_or_else(|| {
+        format!(
+            "key type {} is not accepted; use ssh-ed25519",
+            sig.public_key().algorithm()
+        )
+    })?;
+    let verifying = VerifyingKey::from_bytes(&key.0)
+        .map_err(|_| "public key is not a valid ed25519 point".to_string())?;
     if verifying.is_weak() {
         return Err("public key is weak (small order) and is refused".into());
     }
@@ -190,7 +196,8 @@ pub fn verify_sshsig(namespace: &str, message: &[u8], sig: &SshSig) -> Result<Ke
         .try_into()
         .map_err(|_| "ed25519 signature must be 64 bytes".to_string())?;
     let signature = EdSignature::from_bytes(&bytes);
-    let signed_data = SshSig::signed_data(namespace, sig.hash_alg(), message).map_err(|e| e.to_string())?;
+    let signed_data =
+        SshSig::signed_data(namespace, sig.hash_alg(), message).map_err(|e| e.to_string())?;
     verifying
         .verify_strict(&signed_data, &signature)
         .map_err(|_| "signature does not verify".to_string())?;

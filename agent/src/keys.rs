@@ -43,20 +43,30 @@ impl Signer {
         };
         let text = fs::read_to_string(path).map_err(|e| load_err(e.to_string()))?;
         if text.trim_start().starts_with("ssh-") || path.extension().is_some_and(|e| e == "pub") {
-            let public = PublicKey::from_openssh(text.trim()).map_err(|e| load_err(format!("not an OpenSSH public key: {e}")))?;
-            let socket = std::env::var_os("SSH_AUTH_SOCK").map(PathBuf::from).ok_or_else(|| {
-                load_err("a .pub key signs through ssh-agent, but SSH_AUTH_SOCK is not set".into())
-            })?;
+            let public = PublicKey::from_openssh(text.trim())
+                .map_err(|e| load_err(format!("not an OpenSSH public key: {e}")))?;
+            let socket = std::env::var_os("SSH_AUTH_SOCK")
+                .map(PathBuf::from)
+                .ok_or_else(|| {
+                    load_err(
+                        "a .pub key signs through ssh-agent, but SSH_AUTH_SOCK is not set".into(),
+                    )
+                })?;
             return Ok(Signer::Agent { socket, public });
         }
-        let key = PrivateKey::from_openssh(&text).map_err(|e| load_err(format!("not an OpenSSH private key: {e}")))?;
+        let key = PrivateKey::from_openssh(&text)
+            .map_err(|e| load_err(format!("not an OpenSSH private key: {e}")))?;
         if key.is_encrypted() {
             return Err(load_err(
-                "the key is passphrase-protected; add it to ssh-agent and pass its .pub file".into(),
+                "the key is passphrase-protected; add it to ssh-agent and pass its .pub file"
+                    .into(),
             ));
         }
         if key.algorithm() != Algorithm::Ed25519 {
-            return Err(load_err(format!("key type {} is not accepted; use ed25519", key.algorithm())));
+            return Err(load_err(format!(
+                "key type {} is not accepted; use ed25519",
+                key.algorithm()
+            )));
         }
         Ok(Signer::File(Box::new(key)))
     }
@@ -78,7 +88,8 @@ impl Signer {
                 let data = SshSig::signed_data(namespace, HashAlg::Sha512, message)
                     .map_err(|e| KeyError::Sign(e.to_string()))?;
                 let raw = agent_sign(socket, public, &data)?;
-                let sig = Signature::new(Algorithm::Ed25519, raw).map_err(|e| KeyError::Sign(e.to_string()))?;
+                let sig = Signature::new(Algorithm::Ed25519, raw)
+                    .map_err(|e| KeyError::Sign(e.to_string()))?;
                 SshSig::new(public.key_data().clone(), namespace, HashAlg::Sha512, sig)
                     .map_err(|e| KeyError::Sign(e.to_string()))
             }
@@ -116,22 +127,30 @@ fn agent_sign(socket: &Path, public: &PublicKey, data: &[u8]) -> Result<Vec<u8>,
     stream
         .set_read_timeout(Some(std::time::Duration::from_secs(120)))
         .map_err(|e| KeyError::Agent(e.to_string()))?;
-    let blob = public.to_bytes().map_err(|e| KeyError::Agent(e.to_string()))?;
+    let blob = public
+        .to_bytes()
+        .map_err(|e| KeyError::Agent(e.to_string()))?;
     let mut body = vec![SSH2_AGENTC_SIGN_REQUEST];
     put_string(&mut body, &blob);
     put_string(&mut body, data);
     body.extend_from_slice(&0u32.to_be_bytes());
     let mut msg = Vec::with_capacity(body.len() + 4);
     put_string(&mut msg, &body);
-    stream.write_all(&msg).map_err(|e| KeyError::Agent(e.to_string()))?;
+    stream
+        .write_all(&msg)
+        .map_err(|e| KeyError::Agent(e.to_string()))?;
     let mut len = [0u8; 4];
-    stream.read_exact(&mut len).map_err(|e| KeyError::Agent(format!("reading reply: {e}")))?;
+    stream
+        .read_exact(&mut len)
+        .map_err(|e| KeyError::Agent(format!("reading reply: {e}")))?;
     let len = u32::from_be_bytes(len) as usize;
     if len == 0 || len > 64 * 1024 {
         return Err(KeyError::Agent(format!("implausible reply length {len}")));
     }
     let mut reply = vec![0u8; len];
-    stream.read_exact(&mut reply).map_err(|e| KeyError::Agent(format!("reading reply: {e}")))?;
+    stream
+        .read_exact(&mut reply)
+        .map_err(|e| KeyError::Agent(format!("reading reply: {e}")))?;
     match reply[0] {
         SSH2_AGENT_SIGN_RESPONSE => {
             let mut rest = &reply[1..];
@@ -162,16 +181,20 @@ pub fn generate_keypair(path: &Path, comment: &str) -> Result<PublicKey, KeyErro
     if path.exists() {
         return Err(err("already exists; refusing to overwrite a key".into()));
     }
-    let mut key = PrivateKey::random(&mut OsRng, Algorithm::Ed25519).map_err(|e| err(e.to_string()))?;
+    let mut key =
+        PrivateKey::random(&mut OsRng, Algorithm::Ed25519).map_err(|e| err(e.to_string()))?;
     key.set_comment(comment);
-    let pem = key.to_openssh(LineEnding::LF).map_err(|e| err(e.to_string()))?;
+    let pem = key
+        .to_openssh(LineEnding::LF)
+        .map_err(|e| err(e.to_string()))?;
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)
         .map_err(|e| err(e.to_string()))?;
-    f.write_all(pem.as_bytes()).map_err(|e| err(e.to_string()))?;
+    f.write_all(pem.as_bytes())
+        .map_err(|e| err(e.to_string()))?;
     f.sync_all().map_err(|e| err(e.to_string()))?;
     let public = key.public_key().clone();
     let pub_line = public.to_openssh().map_err(|e| err(e.to_string()))?;

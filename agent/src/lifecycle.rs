@@ -53,8 +53,14 @@ pub struct Identity {
 /// What `submit` answers a transport.
 #[derive(Debug)]
 pub enum Submission {
-    Accepted { id: String, state: State },
-    Rejected { rejection: Rejection, receipt: Option<Envelope> },
+    Accepted {
+        id: String,
+        state: State,
+    },
+    Rejected {
+        rejection: Rejection,
+        receipt: Option<Envelope>,
+    },
 }
 
 struct Inner {
@@ -151,11 +157,17 @@ impl Lifecycle {
     }
 
     pub fn policy(&self) -> Arc<Policy> {
-        self.policy.read().map(|p| p.clone()).unwrap_or_else(|e| e.into_inner().clone())
+        self.policy
+            .read()
+            .map(|p| p.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
     }
 
     pub fn policy_sha256(&self) -> String {
-        self.policy_sha256.read().map(|s| s.clone()).unwrap_or_default()
+        self.policy_sha256
+            .read()
+            .map(|s| s.clone())
+            .unwrap_or_default()
     }
 
     /// Swaps in a new policy (already checked) and records it.
@@ -167,7 +179,10 @@ impl Lifecycle {
         if let Ok(mut s) = self.policy_sha256.write() {
             *s = sha256.clone();
         }
-        self.audit_event("policy_reloaded", json!({"sha256": sha256, "summary": summary}));
+        self.audit_event(
+            "policy_reloaded",
+            json!({"sha256": sha256, "summary": summary}),
+        );
     }
 
     /// Appends an agent-level event to the audit log.
@@ -189,7 +204,13 @@ impl Lifecycle {
 
     /// Records applied and still in force.
     pub fn active(&self) -> Vec<CommandRecord> {
-        let mut v: Vec<CommandRecord> = self.lock_inner().records.values().filter(|r| r.is_active()).cloned().collect();
+        let mut v: Vec<CommandRecord> = self
+            .lock_inner()
+            .records
+            .values()
+            .filter(|r| r.is_active())
+            .cloned()
+            .collect();
         v.sort_by_key(|r| r.received_at);
         v
     }
@@ -214,10 +235,13 @@ impl Lifecycle {
                 tracing::error!(command = %rec.id, error = %e, "cannot write the journal");
             }
             let command = (!rec.id.starts_with("sha256:")).then_some(rec.id.as_str());
-            if let Err(e) = inner
-                .audit
-                .append(rec.state.as_str(), command, Some(&rec.envelope_sha256), detail, durable)
-            {
+            if let Err(e) = inner.audit.append(
+                rec.state.as_str(),
+                command,
+                Some(&rec.envelope_sha256),
+                detail,
+                durable,
+            ) {
                 tracing::error!(command = %rec.id, error = %e, "cannot write the audit log");
             }
             let key = format!("sha256:{}", rec.envelope_sha256);
@@ -229,7 +253,10 @@ impl Lifecycle {
         self.changed.send_modify(|n| *n += 1);
         tracing::info!(command = %rec.id, state = rec.state.as_str(), "transition");
         if self.fault_after == Some(rec.state) {
-            eprintln!("tourniquet: {FAULT_ENV}={} reached; aborting", rec.state.as_str());
+            eprintln!(
+                "tourniquet: {FAULT_ENV}={} reached; aborting",
+                rec.state.as_str()
+            );
             std::process::abort();
         }
     }
@@ -265,14 +292,20 @@ impl Lifecycle {
             (env, stored)
         }) {
             Ok((_, Ok(()))) => rec.receipts.push(name.clone()),
-            Ok((_, Err(e))) => tracing::error!(command = %rec.id, error = %e, "cannot store receipt"),
+            Ok((_, Err(e))) => {
+                tracing::error!(command = %rec.id, error = %e, "cannot store receipt")
+            }
             Err(e) => tracing::error!(command = %rec.id, error = %e, "cannot sign receipt"),
         }
         self.metrics.count_outcome(state.as_str());
         self.persist(rec, true, json!({"receipt": name}));
-        self.metrics
-            .active_hotfixes
-            .set(self.lock_inner().records.values().filter(|r| r.is_active()).count() as i64);
+        self.metrics.active_hotfixes.set(
+            self.lock_inner()
+                .records
+                .values()
+                .filter(|r| r.is_active())
+                .count() as i64,
+        );
     }
 
     /// Entry point of every transport: takes raw envelope bytes.
@@ -306,7 +339,10 @@ impl Lifecycle {
             rec.transition(State::Received, None);
             let rejection = Rejection::new(
                 Reason::TooLarge,
-                format!("envelope is {} bytes; the limit is {MAX_ENVELOPE_BYTES}", bytes.len()),
+                format!(
+                    "envelope is {} bytes; the limit is {MAX_ENVELOPE_BYTES}",
+                    bytes.len()
+                ),
             );
             return self.reject(rec, rejection);
         }
@@ -320,7 +356,11 @@ impl Lifecycle {
         rec.id = format!("sha256:{}", rec.envelope_sha256);
         rec.reason = Some(rejection.reason);
         rec.message = Some(rejection.message.clone());
-        self.settle(&mut rec, State::Rejected, Some(rejection.reason.code().into()));
+        self.settle(
+            &mut rec,
+            State::Rejected,
+            Some(rejection.reason.code().into()),
+        );
         let receipt = rec
             .receipts
             .last()
@@ -339,7 +379,9 @@ impl Lifecycle {
             Ok(v) => v,
             Err(rej) => return self.reject(rec, rej),
         };
-        self.metrics.verify_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .verify_seconds
+            .observe(started.elapsed().as_secs_f64());
         let payload = verified.payload;
         rec.signers = verified.signers;
         rec.payload = Some(payload.clone());
@@ -348,7 +390,11 @@ impl Lifecycle {
                 rec,
                 Rejection::new(
                     Reason::Replay,
-                    format!("command {} was already received ({})", payload.id, existing.state.as_str()),
+                    format!(
+                        "command {} was already received ({})",
+                        payload.id,
+                        existing.state.as_str()
+                    ),
                 ),
             );
         }
@@ -378,7 +424,11 @@ impl Lifecycle {
         }
         if payload.dry_run {
             drop(lock);
-            self.settle(&mut rec, State::Planned, Some("dry run: nothing changed".into()));
+            self.settle(
+                &mut rec,
+                State::Planned,
+                Some("dry run: nothing changed".into()),
+            );
             return Submission::Accepted {
                 id: rec.id,
                 state: State::Planned,
@@ -407,7 +457,12 @@ impl Lifecycle {
     }
 
     /// Targeting, resources, permissions and action shape. Pure: no I/O.
-    fn check_command(&self, p: &Payload, signers: &[crate::policy::TrustedSigner], policy: &Policy) -> Result<(), Rejection> {
+    fn check_command(
+        &self,
+        p: &Payload,
+        signers: &[crate::policy::TrustedSigner],
+        policy: &Policy,
+    ) -> Result<(), Rejection> {
         let t = &p.target;
         if !t.agents.is_empty() && !t.agents.iter().any(|a| a == &self.identity.id) {
             return Err(Rejection::new(
@@ -424,12 +479,20 @@ impl Lifecycle {
                         format!("label {k}={v} does not match {pattern:?}"),
                     ))
                 }
-                None => return Err(Rejection::new(Reason::NotTargeted, format!("this agent has no label {k:?}"))),
+                None => {
+                    return Err(Rejection::new(
+                        Reason::NotTargeted,
+                        format!("this agent has no label {k:?}"),
+                    ))
+                }
             }
         }
         let reverts = p.actions.iter().filter(|a| a.op == REVERT_OP).count();
         if reverts > 0 && p.actions.len() > 1 {
-            return Err(Rejection::new(Reason::InvalidAction, "revert must be the only action of its command"));
+            return Err(Rejection::new(
+                Reason::InvalidAction,
+                "revert must be the only action of its command",
+            ));
         }
         for a in &p.actions {
             if let Some(target) = a.revert_target() {
@@ -442,7 +505,10 @@ impl Lifecycle {
                 if !original.is_active() {
                     return Err(Rejection::new(
                         Reason::InvalidAction,
-                        format!("command {target} is {}, not in force; nothing to revert", original.state.as_str()),
+                        format!(
+                            "command {target} is {}, not in force; nothing to revert",
+                            original.state.as_str()
+                        ),
                     ));
                 }
                 for r in original.actions.iter().map(|a| a.resource.as_str()) {
@@ -465,7 +531,10 @@ impl Lifecycle {
             if p.hold.is_some() && !resource.provider.reversible(&a.op) {
                 return Err(Rejection::new(
                     Reason::InvalidAction,
-                    format!("{} on {name} cannot be reverted, so it cannot be held", a.op),
+                    format!(
+                        "{} on {name} cannot be reverted, so it cannot be held",
+                        a.op
+                    ),
                 ));
             }
         }
@@ -486,9 +555,12 @@ impl Lifecycle {
     async fn plan(&self, rec: &mut CommandRecord, p: &Payload) -> Result<(), PlanError> {
         rec.actions.clear();
         if let Some(target) = p.actions.first().and_then(|a| a.revert_target()) {
-            let original = self
-                .record(target)
-                .ok_or_else(|| PlanError::Rejected(Rejection::new(Reason::InvalidAction, format!("command {target} is not known"))))?;
+            let original = self.record(target).ok_or_else(|| {
+                PlanError::Rejected(Rejection::new(
+                    Reason::InvalidAction,
+                    format!("command {target} is not known"),
+                ))
+            })?;
             rec.related = Some(target.to_string());
             for a in original.actions.iter().filter(|a| a.applied && !a.reverted) {
                 rec.actions.push(ActionRecord {
@@ -511,15 +583,28 @@ impl Lifecycle {
             let name = a.resource.clone().unwrap_or_default();
             let resource = &self.resources[&name];
             let spec = a.spec();
-            let mut before = resource.provider.snapshot(&spec).await.map_err(|e| match e {
-                ProviderError::Invalid(m) => PlanError::Rejected(Rejection::new(Reason::InvalidAction, format!("{name}: {m}"))),
-                ProviderError::Failed(m) => PlanError::Failed(format!("{name}: reading before-state: {m}")),
-            })?;
+            let mut before = resource
+                .provider
+                .snapshot(&spec)
+                .await
+                .map_err(|e| match e {
+                    ProviderError::Invalid(m) => PlanError::Rejected(Rejection::new(
+                        Reason::InvalidAction,
+                        format!("{name}: {m}"),
+                    )),
+                    ProviderError::Failed(m) => {
+                        PlanError::Failed(format!("{name}: reading before-state: {m}"))
+                    }
+                })?;
             // A newer hotfix on the same thing takes over the older one's
             // before-state, so reverting it restores what was there first.
             let key = resource.provider.state_key(&spec);
             for other in &active {
-                for oa in other.actions.iter().filter(|oa| oa.resource == name && oa.applied && !oa.reverted) {
+                for oa in other
+                    .actions
+                    .iter()
+                    .filter(|oa| oa.resource == name && oa.applied && !oa.reverted)
+                {
                     let other_spec = tourniquet_providers::ActionSpec {
                         op: oa.op.clone(),
                         params: oa.params.clone(),
@@ -531,10 +616,12 @@ impl Lifecycle {
                     }
                 }
             }
-            let planned = resource
-                .provider
-                .plan(&spec, &before)
-                .map_err(|e| PlanError::Rejected(Rejection::new(Reason::InvalidAction, format!("{name}: {e}"))))?;
+            let planned = resource.provider.plan(&spec, &before).map_err(|e| {
+                PlanError::Rejected(Rejection::new(
+                    Reason::InvalidAction,
+                    format!("{name}: {e}"),
+                ))
+            })?;
             rec.actions.push(ActionRecord {
                 resource: name,
                 op: a.op.clone(),
@@ -553,7 +640,11 @@ impl Lifecycle {
 
     /// Samples, applies, bakes and settles a journaled command.
     async fn execute(self: Arc<Self>, mut rec: CommandRecord, lock: OwnedMutexGuard<()>) {
-        if let Some(target) = rec.related.clone().filter(|_| rec.actions.iter().all(|a| a.op == REVERT_OP)) {
+        if let Some(target) = rec
+            .related
+            .clone()
+            .filter(|_| rec.actions.iter().all(|a| a.op == REVERT_OP))
+        {
             drop(lock);
             self.run_revert_command(rec, &target).await;
             return;
@@ -573,7 +664,9 @@ impl Lifecycle {
             self.settle(&mut rec, State::Failed, Some(msg));
             return;
         }
-        self.metrics.apply_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .apply_seconds
+            .observe(started.elapsed().as_secs_f64());
         self.step(&mut rec, State::Applied, None, true);
         self.hand_over(&rec);
         drop(lock);
@@ -615,7 +708,9 @@ impl Lifecycle {
             if !a.applied || a.reverted || !a.reversible {
                 continue;
             }
-            let Some(before) = a.before.clone() else { continue };
+            let Some(before) = a.before.clone() else {
+                continue;
+            };
             let provider = &self.resources[&a.resource].provider;
             let spec = tourniquet_providers::ActionSpec {
                 op: a.op.clone(),
@@ -650,7 +745,9 @@ impl Lifecycle {
             }
             let mut touched = false;
             for oa in other.actions.iter_mut() {
-                let Some(res) = self.resources.get(&oa.resource) else { continue };
+                let Some(res) = self.resources.get(&oa.resource) else {
+                    continue;
+                };
                 let k = (oa.resource.clone(), res.provider.state_key(&spec_of(oa)));
                 if oa.applied && !oa.reverted && keys.contains(&k) {
                     // Its effect now belongs to the newer command.
@@ -662,7 +759,11 @@ impl Lifecycle {
             if touched {
                 other.related = Some(rec.id.clone());
                 if other.actions.iter().all(|a| !a.applied || a.reverted) {
-                    self.settle(&mut other, State::Superseded, Some(format!("superseded by {}", rec.id)));
+                    self.settle(
+                        &mut other,
+                        State::Superseded,
+                        Some(format!("superseded by {}", rec.id)),
+                    );
                 } else {
                     self.persist(&other, true, json!({"handed_over_to": rec.id}));
                 }
@@ -675,7 +776,12 @@ impl Lifecycle {
     async fn bake_and_settle(self: &Arc<Self>, mut rec: CommandRecord, elapsed: Duration) {
         if let Some(g) = rec.guard.clone() {
             let bake = g.bake.map(|b| b.0).unwrap_or_default();
-            self.step(&mut rec, State::Baking, Some(format!("bake {}", humantime::format_duration(bake))), false);
+            self.step(
+                &mut rec,
+                State::Baking,
+                Some(format!("bake {}", humantime::format_duration(bake))),
+                false,
+            );
             tokio::time::sleep(bake.saturating_sub(elapsed)).await;
             let mut report: TelemetryReport = rec.telemetry.clone().unwrap_or_default();
             report.after = self.probes.sample(&g.probes).await;
@@ -701,11 +807,15 @@ impl Lifecycle {
         }
         let hold = rec.payload.as_ref().and_then(|p| p.hold);
         rec.hold_until = hold.map(|h| now().plus(h.0));
-        let note = rec
-            .telemetry
-            .as_ref()
-            .and_then(|t| t.verdict)
-            .map(|v| format!("guard verdict: {}", serde_json::to_value(v).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()));
+        let note = rec.telemetry.as_ref().and_then(|t| t.verdict).map(|v| {
+            format!(
+                "guard verdict: {}",
+                serde_json::to_value(v)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default()
+            )
+        });
         self.settle(&mut rec, State::Kept, note);
         if rec.hold_until.is_some() {
             self.arm_hold(rec.id.clone());
@@ -718,7 +828,9 @@ impl Lifecycle {
         tokio::spawn(async move {
             loop {
                 let Some(rec) = this.record(&id) else { return };
-                let (true, Some(until)) = (rec.is_active(), rec.hold_until) else { return };
+                let (true, Some(until)) = (rec.is_active(), rec.hold_until) else {
+                    return;
+                };
                 let wait = now().until(until);
                 if !wait.is_zero() {
                     tokio::time::sleep(wait).await;
@@ -755,7 +867,10 @@ impl Lifecycle {
 
     async fn run_revert_command(self: &Arc<Self>, mut rec: CommandRecord, target: &str) {
         self.step(&mut rec, State::Sampled, None, false);
-        match self.revert_command(target, format!("reverted by command {}", rec.id)).await {
+        match self
+            .revert_command(target, format!("reverted by command {}", rec.id))
+            .await
+        {
             Ok(()) => {
                 let original = self.record(target);
                 for a in rec.actions.iter_mut() {
@@ -787,7 +902,10 @@ impl Lifecycle {
             let id = rec.id.clone();
             match rec.state {
                 State::Received | State::Verified | State::Planned => {
-                    self.audit_recovery(&rec, "re-verifying: nothing was applied before the restart");
+                    self.audit_recovery(
+                        &rec,
+                        "re-verifying: nothing was applied before the restart",
+                    );
                     let mut fresh = rec.clone();
                     fresh.id = format!("sha256:{}", rec.envelope_sha256);
                     fresh.actions.clear();
@@ -840,7 +958,9 @@ impl Lifecycle {
     pub fn prune(&self) {
         let cutoff = now();
         self.lock_inner().records.retain(|_, r| {
-            !r.is_terminal() || r.replay_until.is_some_and(|t| t >= cutoff) || r.received_at.plus(Duration::from_secs(3600)) >= cutoff
+            !r.is_terminal()
+                || r.replay_until.is_some_and(|t| t >= cutoff)
+                || r.received_at.plus(Duration::from_secs(3600)) >= cutoff
         });
     }
 }
@@ -856,4 +976,3 @@ enum PlanError {
     Rejected(Rejection),
     Failed(String),
 }
-

@@ -43,19 +43,47 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("tourniquet");
         let commands = Family::<CommandLabels, Counter>::default();
-        registry.register("commands", "Commands received, by result and reason code", commands.clone());
+        registry.register(
+            "commands",
+            "Commands received, by result and reason code",
+            commands.clone(),
+        );
         let outcomes = Family::<OutcomeLabels, Counter>::default();
-        registry.register("outcomes", "Commands that reached a final or kept state, by outcome", outcomes.clone());
+        registry.register(
+            "outcomes",
+            "Commands that reached a final or kept state, by outcome",
+            outcomes.clone(),
+        );
         let apply_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
-        registry.register("apply_seconds", "Time from journaled to applied", apply_seconds.clone());
+        registry.register(
+            "apply_seconds",
+            "Time from journaled to applied",
+            apply_seconds.clone(),
+        );
         let verify_seconds = Histogram::new(exponential_buckets(0.00001, 2.0, 16));
-        registry.register("verify_seconds", "Time to verify an envelope and its payload", verify_seconds.clone());
+        registry.register(
+            "verify_seconds",
+            "Time to verify an envelope and its payload",
+            verify_seconds.clone(),
+        );
         let active_hotfixes = Gauge::default();
-        registry.register("active_hotfixes", "Hotfixes applied and still in force", active_hotfixes.clone());
+        registry.register(
+            "active_hotfixes",
+            "Hotfixes applied and still in force",
+            active_hotfixes.clone(),
+        );
         let rollbacks = Counter::default();
-        registry.register("rollbacks", "Automatic rollbacks after a guard breach", rollbacks.clone());
+        registry.register(
+            "rollbacks",
+            "Automatic rollbacks after a guard breach",
+            rollbacks.clone(),
+        );
         let receipt_backlog = Gauge::default();
-        registry.register("receipt_backlog", "Receipts not yet delivered to a fleet transport", receipt_backlog.clone());
+        registry.register(
+            "receipt_backlog",
+            "Receipts not yet delivered to a fleet transport",
+            receipt_backlog.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -78,7 +106,12 @@ impl Metrics {
     pub fn count_command(&self, reason: Option<&str>) {
         self.commands
             .get_or_create(&CommandLabels {
-                result: if reason.is_some() { "rejected" } else { "accepted" }.into(),
+                result: if reason.is_some() {
+                    "rejected"
+                } else {
+                    "accepted"
+                }
+                .into(),
                 reason: reason.unwrap_or("none").into(),
             })
             .inc();

@@ -191,7 +191,13 @@ impl Percent {
         let bad = || format!("{text:?} is not a percentage like \"99.5%\"");
         let num = text.strip_suffix('%').ok_or_else(bad)?;
         let (whole, frac) = num.split_once('.').unwrap_or((num, ""));
-        if whole.is_empty() || frac.len() > 2 || !whole.chars().chain(frac.chars()).all(|c| c.is_ascii_digit()) {
+        if whole.is_empty()
+            || frac.len() > 2
+            || !whole
+                .chars()
+                .chain(frac.chars())
+                .all(|c| c.is_ascii_digit())
+        {
             return Err(bad());
         }
         let whole: u32 = whole.parse().map_err(|_| bad())?;
@@ -305,13 +311,25 @@ impl<'de> Deserialize<'de> for Action {
         let mut m = Map::deserialize(d)?;
         let op = match m.remove("op") {
             Some(Value::String(s)) if !s.is_empty() => s,
-            _ => return Err(de::Error::custom("action: \"op\" must be a non-empty string")),
+            _ => {
+                return Err(de::Error::custom(
+                    "action: \"op\" must be a non-empty string",
+                ))
+            }
         };
         let resource = match m.remove("resource") {
             Some(Value::String(s)) if !s.is_empty() => Some(s),
             None if op == REVERT_OP => None,
-            None => return Err(de::Error::custom(format!("action {op:?}: missing \"resource\""))),
-            _ => return Err(de::Error::custom("action: \"resource\" must be a non-empty string")),
+            None => {
+                return Err(de::Error::custom(format!(
+                    "action {op:?}: missing \"resource\""
+                )))
+            }
+            _ => {
+                return Err(de::Error::custom(
+                    "action: \"resource\" must be a non-empty string",
+                ))
+            }
         };
         if op == REVERT_OP {
             match (m.get("command").and_then(Value::as_str), m.len()) {
@@ -453,15 +471,26 @@ mod tests {
     #[test]
     fn strictness() {
         let unknown = GOOD.replace("\"reason\"", "\"colour\":\"red\",\"reason\"");
-        assert!(Payload::parse(unknown.as_bytes()).unwrap_err().contains("colour"));
-        let dup = GOOD.replace("\"reason\":\"INC-1\"", "\"reason\":\"INC-1\",\"reason\":\"x\"");
-        assert!(Payload::parse(dup.as_bytes()).unwrap_err().contains("duplicate"));
+        assert!(Payload::parse(unknown.as_bytes())
+            .unwrap_err()
+            .contains("colour"));
+        let dup = GOOD.replace(
+            "\"reason\":\"INC-1\"",
+            "\"reason\":\"INC-1\",\"reason\":\"x\"",
+        );
+        assert!(Payload::parse(dup.as_bytes())
+            .unwrap_err()
+            .contains("duplicate"));
         let float = GOOD.replace("\"variant\":\"off\"", "\"variant\":0.5");
-        assert!(Payload::parse(float.as_bytes()).unwrap_err().contains("floating"));
+        assert!(Payload::parse(float.as_bytes())
+            .unwrap_err()
+            .contains("floating"));
         let no_resource = GOOD.replace("\"resource\":\"checkout-flags\",", "");
         assert!(Payload::parse(no_resource.as_bytes()).is_err());
         let bad_id = GOOD.replace("01JD3Z8K6Q0V6N9W2X4Y5Z7A8B", "42");
-        assert!(Payload::parse(bad_id.as_bytes()).unwrap_err().contains("ULID"));
+        assert!(Payload::parse(bad_id.as_bytes())
+            .unwrap_err()
+            .contains("ULID"));
     }
 
     #[test]

@@ -101,7 +101,11 @@ pub enum PolicyError {
     #[error("{0}")]
     Parse(String),
     #[error("{path}: {field}: {why}")]
-    Invalid { path: String, field: String, why: String },
+    Invalid {
+        path: String,
+        field: String,
+        why: String,
+    },
 }
 
 /// A checked, ready-to-evaluate policy.
@@ -141,7 +145,8 @@ impl Policy {
 
     /// Parses and checks policy text; `origin` names it in errors.
     pub fn from_toml(text: &str, origin: &str) -> Result<Policy, PolicyError> {
-        let file: PolicyFile = toml::from_str(text).map_err(|e| PolicyError::Parse(toml_error(origin, text, &e)))?;
+        let file: PolicyFile =
+            toml::from_str(text).map_err(|e| PolicyError::Parse(toml_error(origin, text, &e)))?;
         Policy::from_file(file, origin)
     }
 
@@ -152,7 +157,10 @@ impl Policy {
             why,
         };
         if file.version != 1 {
-            return Err(invalid("version".into(), format!("{} is not supported; use 1", file.version)));
+            return Err(invalid(
+                "version".into(),
+                format!("{} is not supported; use 1", file.version),
+            ));
         }
         if file.max_ttl.0.is_zero() {
             return Err(invalid("max_ttl".into(), "must be more than zero".into()));
@@ -160,16 +168,25 @@ impl Policy {
         let mut keys_by_data = HashMap::new();
         for (name, key) in &file.keys {
             let public = PublicKey::from_openssh(key.public_key.trim()).map_err(|e| {
-                invalid(format!("keys.{name}.public_key"), format!("not an OpenSSH public key: {e}"))
+                invalid(
+                    format!("keys.{name}.public_key"),
+                    format!("not an OpenSSH public key: {e}"),
+                )
             })?;
             if public.key_data().ed25519().is_none() {
                 return Err(invalid(
                     format!("keys.{name}.public_key"),
-                    format!("{} keys are not accepted; use ssh-ed25519", public.algorithm()),
+                    format!(
+                        "{} keys are not accepted; use ssh-ed25519",
+                        public.algorithm()
+                    ),
                 ));
             }
             if key.roles.is_empty() {
-                return Err(invalid(format!("keys.{name}.roles"), "must name at least one role".into()));
+                return Err(invalid(
+                    format!("keys.{name}.roles"),
+                    "must name at least one role".into(),
+                ));
             }
             if let Some(other) = keys_by_data.insert(public.key_data().clone(), name.clone()) {
                 return Err(invalid(
@@ -180,10 +197,16 @@ impl Policy {
         }
         for (i, rule) in file.rules.iter().enumerate() {
             if rule.ops.is_empty() || rule.roles.is_empty() || rule.resources.is_empty() {
-                return Err(invalid(format!("rules[{i}]"), "ops, resources and roles must not be empty".into()));
+                return Err(invalid(
+                    format!("rules[{i}]"),
+                    "ops, resources and roles must not be empty".into(),
+                ));
             }
             if rule.threshold == 0 {
-                return Err(invalid(format!("rules[{i}].threshold"), "must be at least 1".into()));
+                return Err(invalid(
+                    format!("rules[{i}].threshold"),
+                    "must be at least 1".into(),
+                ));
             }
         }
         let revoked = file.revoked.iter().cloned().collect();
@@ -201,25 +224,39 @@ impl Policy {
     /// Verifies a command envelope end to end: size, shape, policy validity,
     /// every signature, the payload (parsed from the verified bytes), and its
     /// times. Permission per action is checked by [`Policy::authorize`].
-    pub fn verify_envelope(&self, bytes: &[u8], now: Timestamp) -> Result<VerifiedCommand, Rejection> {
+    pub fn verify_envelope(
+        &self,
+        bytes: &[u8],
+        now: Timestamp,
+    ) -> Result<VerifiedCommand, Rejection> {
         if bytes.len() > MAX_ENVELOPE_BYTES {
             return Err(Rejection::new(
                 Reason::TooLarge,
-                format!("envelope is {} bytes; the limit is {MAX_ENVELOPE_BYTES}", bytes.len()),
+                format!(
+                    "envelope is {} bytes; the limit is {MAX_ENVELOPE_BYTES}",
+                    bytes.len()
+                ),
             ));
         }
-        let env = Envelope::from_json(bytes).map_err(|e| Rejection::new(Reason::BadEnvelope, e.to_string()))?;
+        let env = Envelope::from_json(bytes)
+            .map_err(|e| Rejection::new(Reason::BadEnvelope, e.to_string()))?;
         if env.payload_type != COMMAND_PAYLOAD_TYPE {
             return Err(Rejection::new(
                 Reason::BadEnvelope,
-                format!("payloadType {:?} is not {COMMAND_PAYLOAD_TYPE}", env.payload_type),
+                format!(
+                    "payloadType {:?} is not {COMMAND_PAYLOAD_TYPE}",
+                    env.payload_type
+                ),
             ));
         }
         let payload_bytes = env
             .payload_bytes()
             .map_err(|e| Rejection::new(Reason::BadEnvelope, e.to_string()))?;
         if env.signatures.is_empty() {
-            return Err(Rejection::new(Reason::BadSignature, "the envelope is not signed"));
+            return Err(Rejection::new(
+                Reason::BadSignature,
+                "the envelope is not signed",
+            ));
         }
         if env.signatures.len() > MAX_SIGNATURES {
             return Err(Rejection::new(
@@ -236,7 +273,8 @@ impl Policy {
             }
         }
         let signers = self.verify_signatures(&env, &payload_bytes, now)?;
-        let payload = Payload::parse(&payload_bytes).map_err(|e| Rejection::new(Reason::BadPayload, e))?;
+        let payload =
+            Payload::parse(&payload_bytes).map_err(|e| Rejection::new(Reason::BadPayload, e))?;
         self.check_times(&payload, now)?;
         Ok(VerifiedCommand {
             payload,
@@ -247,12 +285,18 @@ impl Policy {
 
     /// Every signature must verify and come from a trusted, current,
     /// unrevoked key. Returns the distinct signers.
-    fn verify_signatures(&self, env: &Envelope, payload: &[u8], now: Timestamp) -> Result<Vec<TrustedSigner>, Rejection> {
+    fn verify_signatures(
+        &self,
+        env: &Envelope,
+        payload: &[u8],
+        now: Timestamp,
+    ) -> Result<Vec<TrustedSigner>, Rejection> {
         let message = envelope::pae(&env.payload_type, payload);
         let mut signers: Vec<TrustedSigner> = Vec::new();
         for (i, s) in env.signatures.iter().enumerate() {
-            let sig = envelope::decode_signature(&s.sig)
-                .map_err(|why| Rejection::new(Reason::BadSignature, format!("signature {i}: {why}")))?;
+            let sig = envelope::decode_signature(&s.sig).map_err(|why| {
+                Rejection::new(Reason::BadSignature, format!("signature {i}: {why}"))
+            })?;
             let fingerprint = envelope::fingerprint(sig.public_key());
             if self.revoked.contains(&fingerprint) {
                 return Err(Rejection::new(
@@ -263,13 +307,21 @@ impl Policy {
             let Some(name) = self.keys_by_data.get(sig.public_key()) else {
                 return Err(Rejection::new(
                     Reason::UnknownSigner,
-                    format!("signature {i} is by key {fingerprint}, which the policy does not list"),
+                    format!(
+                        "signature {i} is by key {fingerprint}, which the policy does not list"
+                    ),
                 ));
             };
-            envelope::verify_sshsig(COMMAND_NAMESPACE, &message, &sig)
-                .map_err(|why| Rejection::new(Reason::BadSignature, format!("signature {i} ({name}): {why}")))?;
+            envelope::verify_sshsig(COMMAND_NAMESPACE, &message, &sig).map_err(|why| {
+                Rejection::new(
+                    Reason::BadSignature,
+                    format!("signature {i} ({name}): {why}"),
+                )
+            })?;
             let entry = &self.file.keys[name];
-            if entry.valid_after.is_some_and(|t| now < t) || entry.valid_before.is_some_and(|t| now >= t) {
+            if entry.valid_after.is_some_and(|t| now < t)
+                || entry.valid_before.is_some_and(|t| now >= t)
+            {
                 return Err(Rejection::new(
                     Reason::KeyNotValidNow,
                     format!("key {name:?} is not valid at {now} by this agent's clock"),
@@ -291,16 +343,25 @@ impl Policy {
         if p.issued_at > now.plus(skew) {
             return Err(Rejection::new(
                 Reason::NotYetValid,
-                format!("issued_at {} is in the future by this agent's clock ({now})", p.issued_at),
+                format!(
+                    "issued_at {} is in the future by this agent's clock ({now})",
+                    p.issued_at
+                ),
             ));
         }
         if let Some(nb) = p.not_before {
             if nb > now.plus(skew) {
-                return Err(Rejection::new(Reason::NotYetValid, format!("not valid before {nb}; it is {now}")));
+                return Err(Rejection::new(
+                    Reason::NotYetValid,
+                    format!("not valid before {nb}; it is {now}"),
+                ));
             }
         }
         if p.expires.plus(skew) < now {
-            return Err(Rejection::new(Reason::Expired, format!("expired at {}; it is {now}", p.expires)));
+            return Err(Rejection::new(
+                Reason::Expired,
+                format!("expired at {}; it is {now}", p.expires),
+            ));
         }
         let ttl = p.issued_at.until(p.expires);
         if ttl > self.file.max_ttl.0 {
@@ -319,13 +380,16 @@ impl Policy {
     /// Whether `signers` may run `op` on `resource`: the first rule whose
     /// ops and resources match decides, and it needs `threshold` distinct
     /// keys holding one of its roles.
-    pub fn authorize(&self, op: &str, resource: &str, signers: &[TrustedSigner]) -> Result<(), Rejection> {
-        let Some(rule) = self
-            .file
-            .rules
-            .iter()
-            .find(|r| r.ops.iter().any(|g| glob_match(g, op)) && r.resources.iter().any(|g| glob_match(g, resource)))
-        else {
+    pub fn authorize(
+        &self,
+        op: &str,
+        resource: &str,
+        signers: &[TrustedSigner],
+    ) -> Result<(), Rejection> {
+        let Some(rule) = self.file.rules.iter().find(|r| {
+            r.ops.iter().any(|g| glob_match(g, op))
+                && r.resources.iter().any(|g| glob_match(g, resource))
+        }) else {
             return Err(Rejection::new(
                 Reason::NotPermitted,
                 format!("no policy rule allows {op} on {resource}"),
@@ -339,7 +403,10 @@ impl Policy {
         if counted.is_empty() {
             return Err(Rejection::new(
                 Reason::NotPermitted,
-                format!("{op} on {resource} needs a key with role {}", rule.roles.join(" or ")),
+                format!(
+                    "{op} on {resource} needs a key with role {}",
+                    rule.roles.join(" or ")
+                ),
             ));
         }
         if (counted.len() as u32) < rule.threshold {

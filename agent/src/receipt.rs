@@ -107,7 +107,11 @@ impl Receipt {
                     op: a.op.clone(),
                     params: a.params.clone(),
                     before: a.before.clone(),
-                    after: if r.dry_run() { a.planned.clone() } else { a.after.clone() },
+                    after: if r.dry_run() {
+                        a.planned.clone()
+                    } else {
+                        a.after.clone()
+                    },
                     reversible: a.reversible,
                     applied: a.applied,
                     reverted: a.reverted,
@@ -167,8 +171,12 @@ impl Receipt {
     pub fn sign(&self, key: &Signer) -> Result<Envelope, KeyError> {
         let bytes = serde_json::to_vec(self).map_err(|e| KeyError::Sign(e.to_string()))?;
         let mut env = Envelope::new(RECEIPT_PAYLOAD_TYPE, &bytes);
-        let sig = key.sign(RECEIPT_NAMESPACE, &envelope::pae(RECEIPT_PAYLOAD_TYPE, &bytes))?;
-        env.add_signature(&sig).map_err(|e| KeyError::Sign(e.to_string()))?;
+        let sig = key.sign(
+            RECEIPT_NAMESPACE,
+            &envelope::pae(RECEIPT_PAYLOAD_TYPE, &bytes),
+        )?;
+        env.add_signature(&sig)
+            .map_err(|e| KeyError::Sign(e.to_string()))?;
         Ok(env)
     }
 }
@@ -177,9 +185,13 @@ impl Receipt {
 /// returns the receipt.
 pub fn verify_receipt(env: &Envelope, agent_public_key: &str) -> Result<Receipt, String> {
     if env.payload_type != RECEIPT_PAYLOAD_TYPE {
-        return Err(format!("payloadType {:?} is not a receipt", env.payload_type));
+        return Err(format!(
+            "payloadType {:?} is not a receipt",
+            env.payload_type
+        ));
     }
-    let expected = ssh_key::PublicKey::from_openssh(agent_public_key.trim()).map_err(|e| format!("agent key: {e}"))?;
+    let expected = ssh_key::PublicKey::from_openssh(agent_public_key.trim())
+        .map_err(|e| format!("agent key: {e}"))?;
     let bytes = env.payload_bytes().map_err(|e| e.to_string())?;
     let message = envelope::pae(&env.payload_type, &bytes);
     let sig = env.signatures.first().ok_or("the receipt is not signed")?;

@@ -150,7 +150,11 @@ impl CommandRecord {
     /// Terminal: nothing further will happen to it.
     pub fn is_terminal(&self) -> bool {
         match self.state {
-            State::Rejected | State::RolledBack | State::Reverted | State::Failed | State::Superseded => true,
+            State::Rejected
+            | State::RolledBack
+            | State::Reverted
+            | State::Failed
+            | State::Superseded => true,
             State::Planned => self.payload.as_ref().is_some_and(|p| p.dry_run),
             State::Kept => self.hold_until.is_none(),
             _ => false,

@@ -11,7 +11,10 @@ use crate::keys::{self, Signer};
 /// Creates `dir` (and parents) as 0700; tightens an existing one.
 pub fn create_private_dir(dir: &Path) -> io::Result<()> {
     if !dir.exists() {
-        fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
     }
     let mut perm = fs::metadata(dir)?.permissions();
     if perm.mode() & 0o077 != 0 {
@@ -22,10 +25,16 @@ pub fn create_private_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// The agent's receipt-signing key, generated at first start.
-pub fn load_or_create_agent_key(state_dir: &Path, agent_id: &str) -> Result<(Signer, bool), String> {
+pub fn load_or_create_agent_key(
+    state_dir: &Path,
+    agent_id: &str,
+) -> Result<(Signer, bool), String> {
     let path = state_dir.join("agent_ed25519");
     let created = if path.exists() {
-        let mode = fs::metadata(&path).map_err(|e| e.to_string())?.permissions().mode();
+        let mode = fs::metadata(&path)
+            .map_err(|e| e.to_string())?
+            .permissions()
+            .mode();
         if mode & 0o077 != 0 {
             return Err(format!(
                 "{}: the agent key is readable by others (mode {:o}); chmod 600 it",
@@ -35,7 +44,8 @@ pub fn load_or_create_agent_key(state_dir: &Path, agent_id: &str) -> Result<(Sig
         }
         false
     } else {
-        keys::generate_keypair(&path, &format!("tourniquet-agent@{agent_id}")).map_err(|e| e.to_string())?;
+        keys::generate_keypair(&path, &format!("tourniquet-agent@{agent_id}"))
+            .map_err(|e| e.to_string())?;
         true
     };
     let signer = Signer::load(&path).map_err(|e| e.to_string())?;

@@ -41,17 +41,24 @@ fn http_client(conn: &Conn) -> Result<reqwest::Client, Failure> {
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(90));
     if let Some(ca) = &conn.cacert {
-        let pem = std::fs::read(ca).map_err(|e| Failure::error(format!("{}: {e}", ca.display())))?;
-        let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| Failure::error(format!("{}: {e}", ca.display())))?;
+        let pem =
+            std::fs::read(ca).map_err(|e| Failure::error(format!("{}: {e}", ca.display())))?;
+        let cert = reqwest::Certificate::from_pem(&pem)
+            .map_err(|e| Failure::error(format!("{}: {e}", ca.display())))?;
         b = b.add_root_certificate(cert);
     }
     if let (Some(cert), Some(key)) = (&conn.client_cert, &conn.client_key) {
-        let mut pem = std::fs::read(cert).map_err(|e| Failure::error(format!("{}: {e}", cert.display())))?;
-        pem.extend(std::fs::read(key).map_err(|e| Failure::error(format!("{}: {e}", key.display())))?);
-        let id = reqwest::Identity::from_pem(&pem).map_err(|e| Failure::error(format!("client identity: {e}")))?;
+        let mut pem =
+            std::fs::read(cert).map_err(|e| Failure::error(format!("{}: {e}", cert.display())))?;
+        pem.extend(
+            std::fs::read(key).map_err(|e| Failure::error(format!("{}: {e}", key.display())))?,
+        );
+        let id = reqwest::Identity::from_pem(&pem)
+            .map_err(|e| Failure::error(format!("client identity: {e}")))?;
         b = b.identity(id);
     }
-    b.build().map_err(|e| Failure::error(format!("HTTP client: {e}")))
+    b.build()
+        .map_err(|e| Failure::error(format!("HTTP client: {e}")))
 }
 
 async fn get_json(client: &reqwest::Client, url: &str) -> Result<(u16, Value), Failure> {
@@ -87,13 +94,22 @@ pub async fn deliver(env: &Envelope, dest: &str, conn: &Conn, no_wait: bool) -> 
         .unwrap_or_default();
     match Destination::parse(dest)? {
         Destination::Dir(dir) => {
-            let name = if id.is_empty() { "command".to_string() } else { id.clone() };
+            let name = if id.is_empty() {
+                "command".to_string()
+            } else {
+                id.clone()
+            };
             let tmp = dir.join(format!(".{name}.json.tmp"));
             let final_path = dir.join(format!("{name}.json"));
-            std::fs::write(&tmp, env.to_json_pretty()).map_err(|e| Failure::error(format!("{}: {e}", tmp.display())))?;
-            std::fs::rename(&tmp, &final_path).map_err(|e| Failure::error(format!("{}: {e}", final_path.display())))?;
+            std::fs::write(&tmp, env.to_json_pretty())
+                .map_err(|e| Failure::error(format!("{}: {e}", tmp.display())))?;
+            std::fs::rename(&tmp, &final_path)
+                .map_err(|e| Failure::error(format!("{}: {e}", final_path.display())))?;
             if conn.json {
-                println!("{}", serde_json::json!({"id": id, "status": "delivered", "path": final_path}));
+                println!(
+                    "{}",
+                    serde_json::json!({"id": id, "status": "delivered", "path": final_path})
+                );
             } else {
                 println!("delivered {id} to {}", final_path.display());
             }
@@ -116,19 +132,29 @@ pub async fn deliver(env: &Envelope, dest: &str, conn: &Conn, no_wait: bool) -> 
                 if conn.json {
                     println!("{}", serde_json::to_string_pretty(&body)?);
                 }
-                let reason = body.get("reason").and_then(Value::as_str).unwrap_or("error");
+                let reason = body
+                    .get("reason")
+                    .and_then(Value::as_str)
+                    .unwrap_or("error");
                 let message = body.get("message").and_then(Value::as_str).unwrap_or("");
                 return Err(Failure {
                     code: exit::REJECTED,
                     message: format!("rejected ({status} {reason}): {message}"),
                 });
             }
-            let id = body.get("id").and_then(Value::as_str).unwrap_or(&id).to_string();
+            let id = body
+                .get("id")
+                .and_then(Value::as_str)
+                .unwrap_or(&id)
+                .to_string();
             if no_wait {
                 if conn.json {
                     println!("{}", serde_json::to_string_pretty(&body)?);
                 } else {
-                    println!("accepted {id} ({})", body.get("status").and_then(Value::as_str).unwrap_or(""));
+                    println!(
+                        "accepted {id} ({})",
+                        body.get("status").and_then(Value::as_str).unwrap_or("")
+                    );
                 }
                 return Ok(());
             }
@@ -146,7 +172,13 @@ pub async fn deliver(env: &Envelope, dest: &str, conn: &Conn, no_wait: bool) -> 
 }
 
 /// Polls with long waits until the command settles, showing progress.
-async fn wait_settled(client: &reqwest::Client, base: &str, id: &str, max_secs: u64, progress: bool) -> Result<Value, Failure> {
+async fn wait_settled(
+    client: &reqwest::Client,
+    base: &str,
+    id: &str,
+    max_secs: u64,
+    progress: bool,
+) -> Result<Value, Failure> {
     let deadline = Instant::now() + Duration::from_secs(max_secs);
     let mut last_state = String::new();
     loop {
@@ -155,7 +187,11 @@ async fn wait_settled(client: &reqwest::Client, base: &str, id: &str, max_secs: 
         if status != 200 {
             return Err(Failure::error(format!("GET {url}: {status} {record}")));
         }
-        let state = record.get("state").and_then(Value::as_str).unwrap_or("").to_string();
+        let state = record
+            .get("state")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         if record.get("settled").and_then(Value::as_bool) == Some(true) {
             return Ok(record);
         }
@@ -192,8 +228,10 @@ fn outcome_code(record: &Value) -> CliResult {
 }
 
 pub async fn send_file(args: SendArgs) -> CliResult {
-    let bytes = std::fs::read(&args.envelope).map_err(|e| Failure::error(format!("{}: {e}", args.envelope.display())))?;
-    let env = Envelope::from_json(&bytes).map_err(|e| Failure::error(format!("{}: {e}", args.envelope.display())))?;
+    let bytes = std::fs::read(&args.envelope)
+        .map_err(|e| Failure::error(format!("{}: {e}", args.envelope.display())))?;
+    let env = Envelope::from_json(&bytes)
+        .map_err(|e| Failure::error(format!("{}: {e}", args.envelope.display())))?;
     deliver(&env, &args.to, &args.conn, args.no_wait).await
 }
 
@@ -206,7 +244,10 @@ pub async fn status(args: StatusArgs) -> CliResult {
             if code != 200 {
                 return Err(Failure::error(format!(
                     "{}",
-                    record.get("message").and_then(Value::as_str).unwrap_or("not found")
+                    record
+                        .get("message")
+                        .and_then(Value::as_str)
+                        .unwrap_or("not found")
                 )));
             }
             if args.conn.json {

@@ -5,10 +5,15 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
-use super::{client, exit, CliResult, Common, Failure, FlagCommand, NewArgs, RevertArgs, SignArgs, VerifyArgs};
+use super::{
+    client, exit, CliResult, Common, Failure, FlagCommand, NewArgs, RevertArgs, SignArgs,
+    VerifyArgs,
+};
 use crate::envelope::{self, Envelope, COMMAND_NAMESPACE, COMMAND_PAYLOAD_TYPE};
 use crate::keys::{self, Signer};
-use crate::payload::{Action, Guard, HumanDuration, OnBreach, Payload, Target, Timestamp, REVERT_OP};
+use crate::payload::{
+    Action, Guard, HumanDuration, OnBreach, Payload, Target, Timestamp, REVERT_OP,
+};
 use crate::policy::Policy;
 
 pub fn keygen(out: &Path, comment: &str) -> CliResult {
@@ -39,7 +44,10 @@ fn parse_kv(items: &[String], what: &str) -> Result<BTreeMap<String, String>, Fa
 
 fn default_issuer() -> String {
     let user = std::env::var("USER").unwrap_or_else(|_| "operator".into());
-    let host = hostname::get().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into());
+    let host = hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into());
     format!("{user}@{host}")
 }
 
@@ -50,7 +58,8 @@ fn compose(common: &Common, actions: Vec<Action>) -> Result<Payload, Failure> {
         .clone()
         .ok_or_else(|| Failure::error("--reason is required: say what incident this answers, e.g. --reason \"INC-1: checkout 500s\""))?;
     let now = Timestamp::now();
-    let expires = HumanDuration::parse(&common.expires).map_err(|e| Failure::error(format!("--expires: {e}")))?;
+    let expires = HumanDuration::parse(&common.expires)
+        .map_err(|e| Failure::error(format!("--expires: {e}")))?;
     let hold = common
         .hold
         .as_deref()
@@ -68,7 +77,11 @@ fn compose(common: &Common, actions: Vec<Action>) -> Result<Payload, Failure> {
                 .map(HumanDuration::parse)
                 .transpose()
                 .map_err(|e| Failure::error(format!("--bake: {e}")))?,
-            on_breach: if common.keep_on_breach { OnBreach::Keep } else { OnBreach::Rollback },
+            on_breach: if common.keep_on_breach {
+                OnBreach::Keep
+            } else {
+                OnBreach::Rollback
+            },
             checks: Vec::new(),
         })
     };
@@ -114,7 +127,10 @@ fn load_signer(key: Option<&Path>) -> Result<Signer, Failure> {
 
 fn sign_payload(payload_bytes: &[u8], signer: &Signer) -> Result<Envelope, Failure> {
     let mut env = Envelope::new(COMMAND_PAYLOAD_TYPE, payload_bytes);
-    let sig = signer.sign(COMMAND_NAMESPACE, &envelope::pae(COMMAND_PAYLOAD_TYPE, payload_bytes))?;
+    let sig = signer.sign(
+        COMMAND_NAMESPACE,
+        &envelope::pae(COMMAND_PAYLOAD_TYPE, payload_bytes),
+    )?;
     env.add_signature(&sig)?;
     Ok(env)
 }
@@ -132,7 +148,8 @@ async fn sign_and_deliver(common: &Common, payload: Payload) -> CliResult {
 fn write_out(out: Option<&Path>, text: &str) -> CliResult {
     match out {
         Some(p) => {
-            std::fs::write(p, format!("{text}\n")).map_err(|e| Failure::error(format!("{}: {e}", p.display())))?;
+            std::fs::write(p, format!("{text}\n"))
+                .map_err(|e| Failure::error(format!("{}: {e}", p.display())))?;
             eprintln!("wrote {}", p.display());
         }
         None => println!("{text}"),
@@ -159,7 +176,14 @@ pub async fn flag(cmd: FlagCommand) -> CliResult {
             flag,
             variant,
             common,
-        } => (common, action(Some(resource), "flag.set", vec![("flag", flag), ("variant", variant)])),
+        } => (
+            common,
+            action(
+                Some(resource),
+                "flag.set",
+                vec![("flag", flag), ("variant", variant)],
+            ),
+        ),
         FlagCommand::State {
             resource,
             flag,
@@ -167,7 +191,14 @@ pub async fn flag(cmd: FlagCommand) -> CliResult {
             common,
         } => {
             let state = if state == "on" { "ENABLED" } else { "DISABLED" };
-            (common, action(Some(resource), "flag.state", vec![("flag", flag), ("state", state.into())]))
+            (
+                common,
+                action(
+                    Some(resource),
+                    "flag.state",
+                    vec![("flag", flag), ("state", state.into())],
+                ),
+            )
         }
     };
     let payload = compose(&common, vec![act])?;
@@ -175,8 +206,12 @@ pub async fn flag(cmd: FlagCommand) -> CliResult {
 }
 
 pub async fn revert(args: RevertArgs) -> CliResult {
-    ulid::Ulid::from_string(&args.id).map_err(|_| Failure::error(format!("{:?} is not a command id (a ULID)", args.id)))?;
-    let payload = compose(&args.common, vec![action(None, REVERT_OP, vec![("command", args.id.clone())])])?;
+    ulid::Ulid::from_string(&args.id)
+        .map_err(|_| Failure::error(format!("{:?} is not a command id (a ULID)", args.id)))?;
+    let payload = compose(
+        &args.common,
+        vec![action(None, REVERT_OP, vec![("command", args.id.clone())])],
+    )?;
     sign_and_deliver(&args.common, payload).await
 }
 
@@ -193,20 +228,27 @@ pub fn new_payload(args: NewArgs) -> CliResult {
     let payload = compose(&args.common, vec![act])?;
     let text = serde_json::to_string_pretty(&payload)?;
     // Re-parse strictly so what we hand over is what an agent will accept.
-    Payload::parse(text.as_bytes()).map_err(|e| Failure::error(format!("composed payload is invalid: {e}")))?;
+    Payload::parse(text.as_bytes())
+        .map_err(|e| Failure::error(format!("composed payload is invalid: {e}")))?;
     write_out(args.common.out.as_deref(), &text)
 }
 
 /// A file is an envelope if it parses as one; otherwise a payload.
 fn read_envelope_or_payload(path: &Path) -> Result<(Option<Envelope>, Vec<u8>), Failure> {
-    let bytes = std::fs::read(path).map_err(|e| Failure::error(format!("{}: {e}", path.display())))?;
+    let bytes =
+        std::fs::read(path).map_err(|e| Failure::error(format!("{}: {e}", path.display())))?;
     match Envelope::from_json(&bytes) {
         Ok(env) => {
             let payload = env.payload_bytes()?;
             Ok((Some(env), payload))
         }
         Err(_) => {
-            Payload::parse(&bytes).map_err(|e| Failure::error(format!("{}: neither an envelope nor a valid payload: {e}", path.display())))?;
+            Payload::parse(&bytes).map_err(|e| {
+                Failure::error(format!(
+                    "{}: neither an envelope nor a valid payload: {e}",
+                    path.display()
+                ))
+            })?;
             Ok((None, bytes))
         }
     }
@@ -214,7 +256,10 @@ fn read_envelope_or_payload(path: &Path) -> Result<(Option<Envelope>, Vec<u8>), 
 
 pub fn sign(args: SignArgs) -> CliResult {
     let (env, payload) = read_envelope_or_payload(&args.file)?;
-    let payload_type = env.as_ref().map(|e| e.payload_type.clone()).unwrap_or_else(|| COMMAND_PAYLOAD_TYPE.to_string());
+    let payload_type = env
+        .as_ref()
+        .map(|e| e.payload_type.clone())
+        .unwrap_or_else(|| COMMAND_PAYLOAD_TYPE.to_string());
     if args.pae {
         use std::io::Write;
         let bytes = envelope::pae(&payload_type, &payload);
@@ -223,16 +268,24 @@ pub fn sign(args: SignArgs) -> CliResult {
     }
     if let Some(n) = args.export_sig {
         let env = env.ok_or_else(|| Failure::error("--export-sig needs an envelope"))?;
-        let s = env.signatures.get(n).ok_or_else(|| Failure::error(format!("the envelope has no signature {n}")))?;
+        let s = env
+            .signatures
+            .get(n)
+            .ok_or_else(|| Failure::error(format!("the envelope has no signature {n}")))?;
         let sig = envelope::decode_signature(&s.sig).map_err(Failure::error)?;
-        print!("{}", envelope::armor_signature(&sig).map_err(Failure::error)?);
+        print!(
+            "{}",
+            envelope::armor_signature(&sig).map_err(Failure::error)?
+        );
         return Ok(());
     }
     let mut env = env.unwrap_or_else(|| Envelope::new(COMMAND_PAYLOAD_TYPE, &payload));
     let sig = match &args.sig {
         Some(sig_file) => {
-            let text = std::fs::read_to_string(sig_file).map_err(|e| Failure::error(format!("{}: {e}", sig_file.display())))?;
-            let sig = envelope::decode_signature(&text).map_err(|e| Failure::error(format!("{}: {e}", sig_file.display())))?;
+            let text = std::fs::read_to_string(sig_file)
+                .map_err(|e| Failure::error(format!("{}: {e}", sig_file.display())))?;
+            let sig = envelope::decode_signature(&text)
+                .map_err(|e| Failure::error(format!("{}: {e}", sig_file.display())))?;
             envelope::verify_sshsig(COMMAND_NAMESPACE, &envelope::pae(&payload_type, &payload), &sig).map_err(|e| {
                 Failure::error(format!(
                     "{}: {e} (sign the bytes of `tourniquet sign FILE --pae` with -n {COMMAND_NAMESPACE})",
@@ -253,14 +306,20 @@ pub fn sign(args: SignArgs) -> CliResult {
     env.add_signature(&sig)?;
     let out = args.out.clone().or_else(|| {
         // Co-signing an envelope updates it in place; a payload goes to stdout.
-        Envelope::from_json(&std::fs::read(&args.file).unwrap_or_default()).ok().map(|_| args.file.clone())
+        Envelope::from_json(&std::fs::read(&args.file).unwrap_or_default())
+            .ok()
+            .map(|_| args.file.clone())
     });
-    eprintln!("signed by {fingerprint} ({} signature(s))", env.signatures.len());
+    eprintln!(
+        "signed by {fingerprint} ({} signature(s))",
+        env.signatures.len()
+    );
     write_out(out.as_deref(), &env.to_json_pretty())
 }
 
 pub fn verify(args: VerifyArgs) -> CliResult {
-    let bytes = std::fs::read(&args.envelope).map_err(|e| Failure::error(format!("{}: {e}", args.envelope.display())))?;
+    let bytes = std::fs::read(&args.envelope)
+        .map_err(|e| Failure::error(format!("{}: {e}", args.envelope.display())))?;
     if let Some(key) = &args.agent_key {
         let key_text = if Path::new(key).exists() {
             std::fs::read_to_string(key)?
@@ -290,24 +349,38 @@ pub fn verify(args: VerifyArgs) -> CliResult {
     }
     let policy_path = args.policy.as_deref().unwrap_or(Path::new("policy.toml"));
     let policy = Policy::load(policy_path)?;
-    let verdict = policy.verify_envelope(&bytes, Timestamp::now()).and_then(|v| {
-        for a in &v.payload.actions {
-            if a.op != REVERT_OP {
-                policy.authorize(&a.op, a.resource.as_deref().unwrap_or_default(), &v.signers)?;
+    let verdict = policy
+        .verify_envelope(&bytes, Timestamp::now())
+        .and_then(|v| {
+            for a in &v.payload.actions {
+                if a.op != REVERT_OP {
+                    policy.authorize(
+                        &a.op,
+                        a.resource.as_deref().unwrap_or_default(),
+                        &v.signers,
+                    )?;
+                }
             }
-        }
-        Ok(v)
-    });
+            Ok(v)
+        });
     match verdict {
         Ok(v) => {
-            let signers: Vec<String> = v.signers.iter().map(|s| format!("{} ({})", s.name, s.fingerprint)).collect();
+            let signers: Vec<String> = v
+                .signers
+                .iter()
+                .map(|s| format!("{} ({})", s.name, s.fingerprint))
+                .collect();
             if args.json {
                 println!(
                     "{}",
                     serde_json::json!({"accepted": true, "id": v.payload.id, "signers": v.signers, "actions": v.payload.actions})
                 );
             } else {
-                println!("would accept {}: signed by {}", v.payload.id, signers.join(", "));
+                println!(
+                    "would accept {}: signed by {}",
+                    v.payload.id,
+                    signers.join(", ")
+                );
                 for a in &v.payload.actions {
                     println!("  {}", a.describe());
                 }
@@ -317,7 +390,10 @@ pub fn verify(args: VerifyArgs) -> CliResult {
         }
         Err(rej) => {
             if args.json {
-                println!("{}", serde_json::json!({"accepted": false, "reason": rej.reason.code(), "message": rej.message}));
+                println!(
+                    "{}",
+                    serde_json::json!({"accepted": false, "reason": rej.reason.code(), "message": rej.message})
+                );
             }
             Err(Failure {
                 code: exit::REJECTED,

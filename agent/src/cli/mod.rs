@@ -353,15 +353,25 @@ fn audit_verify(state: Option<PathBuf>, json: bool) -> CliResult {
     match crate::audit::verify_chain(&path) {
         Ok(report) => {
             if json {
-                println!("{}", serde_json::json!({"ok": true, "entries": report.entries, "last_hash": report.last_hash}));
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": true, "entries": report.entries, "last_hash": report.last_hash})
+                );
             } else {
-                println!("audit log ok: {} entries, chain head {}", report.entries, &report.last_hash[..16]);
+                println!(
+                    "audit log ok: {} entries, chain head {}",
+                    report.entries,
+                    &report.last_hash[..16]
+                );
             }
             Ok(())
         }
         Err(e) => {
             if json {
-                println!("{}", serde_json::json!({"ok": false, "error": e.to_string()}));
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": false, "error": e.to_string()})
+                );
             }
             Err(Failure {
                 code: exit::INVALID,

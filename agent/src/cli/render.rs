@@ -28,7 +28,12 @@ fn state_text(v: &Value) -> String {
 fn summary_text(v: &Value) -> String {
     let ok = v.get("ok").and_then(Value::as_u64).unwrap_or(0);
     let n = v.get("samples").and_then(Value::as_u64).unwrap_or(0);
-    let ms = |k: &str| v.get(k).and_then(Value::as_f64).map(|x| format!("{x:.1}ms")).unwrap_or("-".into());
+    let ms = |k: &str| {
+        v.get(k)
+            .and_then(Value::as_f64)
+            .map(|x| format!("{x:.1}ms"))
+            .unwrap_or("-".into())
+    };
     format!("{ok}/{n} ok, p50 {}, p99 {}", ms("p50_ms"), ms("p99_ms"))
 }
 
@@ -37,7 +42,11 @@ pub fn record(r: &Value) -> String {
     let mut out = String::new();
     let state = s(r, "state");
     let id = s(r, "id");
-    let decision = if r.get("reason").is_some_and(|x| !x.is_null()) { "rejected" } else { "accepted" };
+    let decision = if r.get("reason").is_some_and(|x| !x.is_null()) {
+        "rejected"
+    } else {
+        "accepted"
+    };
     out.push_str(&format!("{state:<12} {id}\n"));
     let signers: Vec<String> = r
         .get("signers")
@@ -46,16 +55,34 @@ pub fn record(r: &Value) -> String {
         .unwrap_or_default();
     out.push_str(&format!(
         "  decision:  {decision}{}\n",
-        if signers.is_empty() { String::new() } else { format!(" (signed by {})", signers.join(", ")) }
+        if signers.is_empty() {
+            String::new()
+        } else {
+            format!(" (signed by {})", signers.join(", "))
+        }
     ));
     if let Some(reason) = r.get("reason").and_then(Value::as_str) {
         out.push_str(&format!("  reason:    {reason}: {}\n", s(r, "message")));
     }
     if let Some(p) = r.get("payload").filter(|p| !p.is_null()) {
-        out.push_str(&format!("  asked by:  {} — {}\n", s(p, "issuer"), s(p, "reason")));
+        out.push_str(&format!(
+            "  asked by:  {} — {}\n",
+            s(p, "issuer"),
+            s(p, "reason")
+        ));
     }
-    for a in r.get("actions").and_then(Value::as_array).into_iter().flatten() {
-        let after = if r.get("payload").and_then(|p| p.get("dry_run")).and_then(Value::as_bool) == Some(true) {
+    for a in r
+        .get("actions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let after = if r
+            .get("payload")
+            .and_then(|p| p.get("dry_run"))
+            .and_then(Value::as_bool)
+            == Some(true)
+        {
             a.get("planned")
         } else {
             a.get("after")
@@ -72,12 +99,24 @@ pub fn record(r: &Value) -> String {
             s(a, "op"),
             state_text(a.get("before").unwrap_or(&Value::Null)),
             state_text(after.unwrap_or(&Value::Null)),
-            if a.get("reverted").and_then(Value::as_bool) == Some(true) { " (reverted)" } else { "" }
+            if a.get("reverted").and_then(Value::as_bool) == Some(true) {
+                " (reverted)"
+            } else {
+                ""
+            }
         ));
     }
     if let Some(t) = r.get("telemetry").filter(|t| !t.is_null()) {
-        let before = t.get("before").and_then(Value::as_array).cloned().unwrap_or_default();
-        let after = t.get("after").and_then(Value::as_array).cloned().unwrap_or_default();
+        let before = t
+            .get("before")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let after = t
+            .get("after")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         for b in &before {
             let name = s(b, "probe");
             let a = after.iter().find(|a| s(a, "probe") == name);
@@ -87,8 +126,18 @@ pub fn record(r: &Value) -> String {
                 a.map(summary_text).unwrap_or_else(|| "-".into())
             ));
         }
-        for c in t.get("checks").and_then(Value::as_array).into_iter().flatten() {
-            let f = |k: &str| c.get(k).and_then(Value::as_f64).map(|x| format!("{x:.3}")).unwrap_or("-".into());
+        for c in t
+            .get("checks")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let f = |k: &str| {
+                c.get(k)
+                    .and_then(Value::as_f64)
+                    .map(|x| format!("{x:.3}"))
+                    .unwrap_or("-".into())
+            };
             out.push_str(&format!(
                 "  check:     {} {} {}: before {} after {} → {}\n",
                 s(c, "probe"),
@@ -112,7 +161,11 @@ pub fn record(r: &Value) -> String {
             ));
         }
     }
-    if let Some(last) = r.get("timeline").and_then(Value::as_array).and_then(|t| t.last()) {
+    if let Some(last) = r
+        .get("timeline")
+        .and_then(Value::as_array)
+        .and_then(|t| t.last())
+    {
         if let Some(note) = last.get("note").and_then(Value::as_str) {
             out.push_str(&format!("  note:      {note}\n"));
         }
@@ -122,11 +175,18 @@ pub fn record(r: &Value) -> String {
 
 /// The active hotfixes list.
 pub fn hotfixes(body: &Value) -> String {
-    let list = body.get("hotfixes").and_then(Value::as_array).cloned().unwrap_or_default();
+    let list = body
+        .get("hotfixes")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     if list.is_empty() {
         return "no active hotfixes\n".into();
     }
-    let mut out = format!("{:<28} {:<10} {:<40} {}\n", "ID", "HOLD LEFT", "CHANGE", "REASON");
+    let mut out = format!(
+        "{:<28} {:<10} {:<40} {}\n",
+        "ID", "HOLD LEFT", "CHANGE", "REASON"
+    );
     for h in list {
         let change: Vec<String> = h
             .get("actions")
@@ -134,7 +194,11 @@ pub fn hotfixes(body: &Value) -> String {
             .into_iter()
             .flatten()
             .map(|a| {
-                let flag = a.get("params").and_then(|p| p.get("flag")).and_then(Value::as_str).unwrap_or("");
+                let flag = a
+                    .get("params")
+                    .and_then(|p| p.get("flag"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
                 format!(
                     "{} {} {flag} {}→{}",
                     s(a, "resource"),
@@ -149,7 +213,13 @@ pub fn hotfixes(body: &Value) -> String {
             .and_then(Value::as_u64)
             .map(|l| humantime::format_duration(std::time::Duration::from_secs(l)).to_string())
             .unwrap_or_else(|| "none".into());
-        out.push_str(&format!("{:<28} {:<10} {:<40} {}\n", s(&h, "id"), left, change.join("; "), s(&h, "reason")));
+        out.push_str(&format!(
+            "{:<28} {:<10} {:<40} {}\n",
+            s(&h, "id"),
+            left,
+            change.join("; "),
+            s(&h, "reason")
+        ));
     }
     out
 }

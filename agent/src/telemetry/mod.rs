@@ -147,14 +147,22 @@ impl ProbeSummary {
         let ok = outcomes.iter().filter(|(_, s)| *s).count() as u32;
         let mut answered: Vec<f64> = outcomes.iter().filter_map(|(ms, _)| *ms).collect();
         let unreachable = samples - answered.len() as u32;
-        let raw_ms: Vec<f64> = answered.iter().take(MAX_RAW_SAMPLES).map(|m| round3(*m)).collect();
+        let raw_ms: Vec<f64> = answered
+            .iter()
+            .take(MAX_RAW_SAMPLES)
+            .map(|m| round3(*m))
+            .collect();
         answered.sort_by(|a, b| a.total_cmp(b));
         ProbeSummary {
             probe: probe.to_string(),
             samples,
             ok,
             unreachable,
-            success_ratio: if samples == 0 { 0.0 } else { f64::from(ok) / f64::from(samples) },
+            success_ratio: if samples == 0 {
+                0.0
+            } else {
+                f64::from(ok) / f64::from(samples)
+            },
             p50_ms: percentile(&answered, 50.0).map(round3),
             p99_ms: percentile(&answered, 99.0).map(round3),
             raw_ms,
@@ -177,7 +185,11 @@ pub fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
 
 /// Judges after against before with the guard's checks. With no checks, a
 /// probe breaches when its success ratio falls.
-pub fn evaluate(guard: &Guard, before: &[ProbeSummary], after: &[ProbeSummary]) -> (Vec<CheckResult>, Verdict) {
+pub fn evaluate(
+    guard: &Guard,
+    before: &[ProbeSummary],
+    after: &[ProbeSummary],
+) -> (Vec<CheckResult>, Verdict) {
     let find = |set: &[ProbeSummary], name: &str| set.iter().find(|s| s.probe == name).cloned();
     let default_checks: Vec<Check>;
     let checks: &[Check] = if guard.checks.is_empty() {
@@ -270,7 +282,8 @@ mod tests {
     use crate::payload::{OnBreach, Percent};
 
     fn summary(name: &str, ok: u32, n: u32) -> ProbeSummary {
-        let outcomes: Vec<(Option<f64>, bool)> = (0..n).map(|i| (Some(1.0 + f64::from(i)), i < ok)).collect();
+        let outcomes: Vec<(Option<f64>, bool)> =
+            (0..n).map(|i| (Some(1.0 + f64::from(i)), i < ok)).collect();
         ProbeSummary::from_outcomes(name, &outcomes)
     }
 
@@ -304,7 +317,9 @@ mod tests {
             probe: "p".into(),
             min_success: Some(Percent(8000)),
             max_success_drop: None,
-            max_p99: Some(crate::payload::HumanDuration(std::time::Duration::from_millis(3))),
+            max_p99: Some(crate::payload::HumanDuration(
+                std::time::Duration::from_millis(3),
+            )),
         }]);
         let (r, v) = evaluate(&g, &[summary("p", 5, 5)], &[summary("p", 4, 5)]);
         assert_eq!(r.len(), 2);

@@ -44,9 +44,12 @@ pub fn tls_acceptor(api: &ApiSection) -> Result<Option<TlsAcceptor>, String> {
             for c in load_certs(ca)? {
                 roots.add(c).map_err(|e| format!("{}: {e}", ca.display()))?;
             }
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .build()
-                .map_err(|e| format!("{}: {e}", ca.display()))?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| format!("{}: {e}", ca.display()))?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
@@ -63,7 +66,8 @@ fn open(p: &Path) -> Result<std::fs::File, String> {
 }
 
 fn load_certs(p: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
-    let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut std::io::BufReader::new(open(p)?)).collect();
+    let certs: Result<Vec<_>, _> =
+        rustls_pemfile::certs(&mut std::io::BufReader::new(open(p)?)).collect();
     let certs = certs.map_err(|e| format!("{}: {e}", p.display()))?;
     if certs.is_empty() {
         return Err(format!("{}: no certificate found", p.display()));
@@ -91,17 +95,27 @@ pub async fn serve(lc: Arc<Lifecycle>, listener: TcpListener, tls: Option<TlsAcc
                 async move { Ok::<_, Infallible>(route(lc, req, peer).await) }
             });
             let mut builder = hyper::server::conn::http1::Builder::new();
-            builder.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10));
             let result = match tls {
-                Some(acceptor) => match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-                    Ok(Ok(s)) => builder.serve_connection(TokioIo::new(s), service).await,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
+                Some(acceptor) => {
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(s)) => builder.serve_connection(TokioIo::new(s), service).await,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
                     }
-                    Err(_) => return,
-                },
-                None => builder.serve_connection(TokioIo::new(stream), service).await,
+                }
+                None => {
+                    builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await
+                }
             };
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -133,7 +147,10 @@ async fn route(lc: Arc<Lifecycle>, req: Request<Incoming>, peer: SocketAddr) -> 
     match (req.method().clone(), path.as_str()) {
         (Method::GET, "/healthz") => json_response(200, &json!({"status": "ok"})),
         (Method::GET, "/metrics") => Response::builder()
-            .header("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")
+            .header(
+                "content-type",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )
             .body(Full::new(Bytes::from(lc.metrics.render())))
             .unwrap_or_default(),
         (Method::POST, "/v1/commands") => post_command(lc, req).await,
@@ -173,7 +190,9 @@ async fn post_command(lc: Arc<Lifecycle>, req: Request<Incoming>) -> Resp {
         Err(e) => return error(400, "bad_envelope", &format!("reading the body: {e}")),
     };
     match lc.submit(&body, "http").await {
-        Submission::Accepted { id, state } => json_response(202, &json!({"id": id, "status": state.as_str()})),
+        Submission::Accepted { id, state } => {
+            json_response(202, &json!({"id": id, "status": state.as_str()}))
+        }
         Submission::Rejected { rejection, receipt } => json_response(
             rejection.reason.http_status(),
             &json!({"reason": rejection.reason.code(), "message": rejection.message, "receipt": receipt}),
@@ -195,7 +214,10 @@ fn record_view(lc: &Lifecycle, r: &CommandRecord) -> Value {
         o.insert("hold_left_s".into(), json!(hold_left(r)));
         o.insert(
             "receipt".into(),
-            r.receipts.last().and_then(|n| lc.read_receipt(n)).unwrap_or(Value::Null),
+            r.receipts
+                .last()
+                .and_then(|n| lc.read_receipt(n))
+                .unwrap_or(Value::Null),
         );
     }
     v
@@ -223,7 +245,10 @@ async fn get_command(lc: &Arc<Lifecycle>, id: &str, query: &str) -> Resp {
                 None => error(404, "not_found", &format!("this agent has no command {id}")),
             };
         }
-        if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
+        if tokio::time::timeout_at(deadline, changes.changed())
+            .await
+            .is_err()
+        {
             continue;
         }
     }

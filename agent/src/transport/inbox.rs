@@ -12,9 +12,11 @@ use crate::policy::MAX_ENVELOPE_BYTES;
 /// Watches `dir`, processing what is there now and whatever arrives.
 pub async fn run(lc: Arc<Lifecycle>, dir: PathBuf) -> Result<(), String> {
     for sub in ["done", "rejected"] {
-        crate::state::create_private_dir(&dir.join(sub)).map_err(|e| format!("{}: {e}", dir.display()))?;
+        crate::state::create_private_dir(&dir.join(sub))
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
     }
-    let (_watcher, mut events) = super::watch::watch_dir(&dir).map_err(|e| format!("watching {}: {e}", dir.display()))?;
+    let (_watcher, mut events) =
+        super::watch::watch_dir(&dir).map_err(|e| format!("watching {}: {e}", dir.display()))?;
     for existing in list_envelopes(&dir) {
         handle(&lc, &dir, &existing).await;
     }
@@ -28,19 +30,26 @@ pub async fn run(lc: Arc<Lifecycle>, dir: PathBuf) -> Result<(), String> {
 
 fn is_envelope(p: &Path) -> bool {
     p.extension().is_some_and(|e| e == "json")
-        && p.file_name().is_some_and(|n| !n.to_string_lossy().starts_with('.'))
+        && p.file_name()
+            .is_some_and(|n| !n.to_string_lossy().starts_with('.'))
 }
 
 fn list_envelopes(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = fs::read_dir(dir)
-        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file() && is_envelope(p)).collect())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file() && is_envelope(p))
+                .collect()
+        })
         .unwrap_or_default();
     v.sort();
     v
 }
 
 async fn handle(lc: &Arc<Lifecycle>, dir: &Path, path: &Path) {
-    let Some(name) = path.file_name().map(|n| n.to_owned()) else { return };
+    let Some(name) = path.file_name().map(|n| n.to_owned()) else {
+        return;
+    };
     // Claim the file first so a second event for it finds nothing.
     let claimed = dir.join(format!(".{}.processing", name.to_string_lossy()));
     if fs::rename(path, &claimed).is_err() {
@@ -50,7 +59,9 @@ async fn handle(lc: &Arc<Lifecycle>, dir: &Path, path: &Path) {
         Ok(m) if m.len() as usize > MAX_ENVELOPE_BYTES => {
             let mut buf = vec![0u8; MAX_ENVELOPE_BYTES + 1];
             use std::io::Read;
-            let n = fs::File::open(&claimed).and_then(|mut f| f.read(&mut buf)).unwrap_or(0);
+            let n = fs::File::open(&claimed)
+                .and_then(|mut f| f.read(&mut buf))
+                .unwrap_or(0);
             buf.truncate(n.max(MAX_ENVELOPE_BYTES + 1));
             buf
         }

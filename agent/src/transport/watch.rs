@@ -11,11 +11,16 @@ use tokio::sync::mpsc;
 
 /// Starts watching `dir`; every event that touches a path in it is sent as
 /// that path. Keep the returned watcher alive for as long as events matter.
-pub fn watch_dir(dir: &Path) -> notify::Result<(RecommendedWatcher, mpsc::UnboundedReceiver<PathBuf>)> {
+pub fn watch_dir(
+    dir: &Path,
+) -> notify::Result<(RecommendedWatcher, mpsc::UnboundedReceiver<PathBuf>)> {
     let (tx, rx) = mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(event) = res {
-            if matches!(event.kind, EventKind::Access(notify::event::AccessKind::Open(_))) {
+            if matches!(
+                event.kind,
+                EventKind::Access(notify::event::AccessKind::Open(_))
+            ) {
                 return;
             }
             for p in event.paths {

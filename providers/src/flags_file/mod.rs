@@ -82,16 +82,18 @@ impl FlagsFile {
         let doc: Value = serde_json::from_slice(&bytes).map_err(|e| {
             ProviderError::Failed(format!("{} is not valid JSON: {e}", path.display()))
         })?;
-        validate_document(&doc)
-            .map_err(|e| ProviderError::Failed(format!("{} is not a valid flagd file: {e}", path.display())))?;
+        validate_document(&doc).map_err(|e| {
+            ProviderError::Failed(format!("{} is not a valid flagd file: {e}", path.display()))
+        })?;
         Ok(doc)
     }
 
     /// Validates, keeps a last-known-good copy, writes atomically, and reads
     /// the file back to validate what is now on disk.
     fn write(&self, old: &Value, new: &Value) -> Result<(), ProviderError> {
-        validate_document(new)
-            .map_err(|e| ProviderError::Failed(format!("refusing to write an invalid file: {e}")))?;
+        validate_document(new).map_err(|e| {
+            ProviderError::Failed(format!("refusing to write an invalid file: {e}"))
+        })?;
         let path = &self.config.path;
         let lkg = self.config.last_known_good_path();
         let old_bytes = to_pretty(old)?;
@@ -110,7 +112,11 @@ impl FlagsFile {
         Ok(())
     }
 
-    fn change(&self, flag: &str, edit: impl FnOnce(&mut FlagFields)) -> Result<State, ProviderError> {
+    fn change(
+        &self,
+        flag: &str,
+        edit: impl FnOnce(&mut FlagFields),
+    ) -> Result<State, ProviderError> {
         let doc = self.read()?;
         let before = flag_fields(&doc, flag)?;
         let mut after = before.clone();
@@ -174,7 +180,11 @@ fn flag_object<'a>(doc: &'a Value, flag: &str) -> Result<&'a Map<String, Value>,
 fn flag_fields(doc: &Value, flag: &str) -> Result<FlagFields, ProviderError> {
     let obj = flag_object(doc, flag)?;
     Ok(FlagFields {
-        state: obj.get("state").and_then(Value::as_str).unwrap_or_default().to_string(),
+        state: obj
+            .get("state")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
         default_variant: obj
             .get("defaultVariant")
             .and_then(Value::as_str)
@@ -190,7 +200,10 @@ fn set_flag_fields(doc: &mut Value, flag: &str, f: &FlagFields) -> Result<(), Pr
         .and_then(Value::as_object_mut)
         .ok_or_else(|| ProviderError::Invalid(format!("the flags file has no flag {flag:?}")))?;
     obj.insert("state".into(), Value::String(f.state.clone()));
-    obj.insert("defaultVariant".into(), Value::String(f.default_variant.clone()));
+    obj.insert(
+        "defaultVariant".into(),
+        Value::String(f.default_variant.clone()),
+    );
     Ok(())
 }
 
@@ -277,7 +290,9 @@ impl Provider for FlagsFile {
         let doc = self.read()?;
         let fields = flag_fields(&doc, op.flag())?;
         if let Op::Set(p) = &op {
-            let variants = flag_object(&doc, &p.flag)?.get("variants").and_then(Value::as_object);
+            let variants = flag_object(&doc, &p.flag)?
+                .get("variants")
+                .and_then(Value::as_object);
             if !variants.is_some_and(|v| v.contains_key(&p.variant)) {
                 let known: Vec<&String> = variants.map(|v| v.keys().collect()).unwrap_or_default();
                 return Err(ProviderError::Invalid(format!(
@@ -323,7 +338,10 @@ mod tests {
 
     fn spec(v: Value) -> ActionSpec {
         let mut params = v.as_object().cloned().unwrap_or_default();
-        let op = params.remove("op").and_then(|o| o.as_str().map(String::from)).unwrap_or_default();
+        let op = params
+            .remove("op")
+            .and_then(|o| o.as_str().map(String::from))
+            .unwrap_or_default();
         ActionSpec { op, params }
     }
 
@@ -334,7 +352,10 @@ mod tests {
             r#"{"$schema":"https://flagd.dev/schema/v0/flags.json","flags":{"new_flow":{"state":"ENABLED","variants":{"on":true,"off":false},"defaultVariant":"on","targeting":{}}}}"#,
         )
         .unwrap();
-        FlagsFile::new(FlagsFileConfig { path, last_known_good: None })
+        FlagsFile::new(FlagsFileConfig {
+            path,
+            last_known_good: None,
+        })
     }
 
     #[tokio::test]
@@ -370,11 +391,15 @@ mod tests {
             assert!(matches!(err, ProviderError::Invalid(_)), "{err}");
         }
         assert!(matches!(
-            p.validate(&spec(json!({"op":"flag.set","flag":"new_flow","variant":"off","x":1}))),
+            p.validate(&spec(
+                json!({"op":"flag.set","flag":"new_flow","variant":"off","x":1})
+            )),
             Err(ProviderError::Invalid(_))
         ));
         assert!(matches!(
-            p.validate(&spec(json!({"op":"flag.state","flag":"new_flow","state":"MAYBE"}))),
+            p.validate(&spec(
+                json!({"op":"flag.state","flag":"new_flow","state":"MAYBE"})
+            )),
             Err(ProviderError::Invalid(_))
         ));
         assert_eq!(fs::read(&p.config.path).unwrap(), original);
@@ -384,6 +409,8 @@ mod tests {
     fn invalid_documents_are_named() {
         assert!(validate_document(&json!({})).is_err());
         let bad = json!({"flags":{"f":{"state":"ENABLED","variants":{"on":true},"defaultVariant":"off"}}});
-        assert!(validate_document(&bad).unwrap_err().contains("defaultVariant"));
+        assert!(validate_document(&bad)
+            .unwrap_err()
+            .contains("defaultVariant"));
     }
 }
