@@ -73,6 +73,13 @@ pub fn dev_key_path() -> PathBuf {
     Path::new(DEFAULT_DIR).join(DEV_KEY_NAME)
 }
 
+/// Points the demo's self-health probe at a moved API.
+pub fn follow_listen(cfg: &mut AgentConfig, addr: std::net::SocketAddr) {
+    if let Some(crate::config::ProbeConfig::Http(p)) = cfg.probes.get_mut("self-health") {
+        p.url = format!("http://{addr}/healthz");
+    }
+}
+
 /// What setting up the default created, for the start banner.
 pub struct DevSetup {
     pub config: AgentConfig,

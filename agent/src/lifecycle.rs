@@ -836,7 +836,7 @@ impl Lifecycle {
                     tokio::time::sleep(wait).await;
                     continue;
                 }
-                match this.revert_command(&id, "hold ran out".into()).await {
+                match this.revert_command(&id, "hold ran out".into(), None).await {
                     Ok(()) => return,
                     Err(e) => {
                         tracing::error!(command = %id, error = %e, "hold revert failed; retrying in 30s");
@@ -848,7 +848,7 @@ impl Lifecycle {
     }
 
     /// Reverts an active command's effect and settles it as `reverted`.
-    pub async fn revert_command(&self, id: &str, note: String) -> Result<(), String> {
+    pub async fn revert_command(&self, id: &str, note: String, by: Option<&str>) -> Result<(), String> {
         let _lock = self.apply_lock.lock().await;
         let Some(mut rec) = self.record(id) else {
             return Err(format!("no command {id}"));
@@ -861,6 +861,9 @@ impl Lifecycle {
             self.persist(&rec, true, json!({"revert_errors": errors}));
             return Err(errors.join("; "));
         }
+        if let Some(by) = by {
+            rec.related = Some(by.to_string());
+        }
         self.settle(&mut rec, State::Reverted, Some(note));
         Ok(())
     }
@@ -868,7 +871,7 @@ impl Lifecycle {
     async fn run_revert_command(self: &Arc<Self>, mut rec: CommandRecord, target: &str) {
         self.step(&mut rec, State::Sampled, None, false);
         match self
-            .revert_command(target, format!("reverted by command {}", rec.id))
+            .revert_command(target, format!("reverted by command {}", rec.id), Some(&rec.id))
             .await
         {
             Ok(()) => {

@@ -495,3 +495,61 @@ pub fn require_tool(name: &str, install: &str) {
         "{name} is required for this test and is not installed: {install}"
     );
 }
+
+/// A tiny real HTTP service whose health depends on the flags file: it
+/// answers 500 while `flag` has `bad_variant`, 200 otherwise. Guards probe
+/// it to see a change help or hurt.
+pub struct FlagAwareService {
+    pub port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FlagAwareService {
+    pub fn start(flags_path: PathBuf, flag: &str, bad_variant: &str) -> FlagAwareService {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind service");
+        let port = listener.local_addr().expect("addr").port();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let flag = flag.to_string();
+        let bad = bad_variant.to_string();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(mut s) = stream else { continue };
+                let mut buf = [0u8; 2048];
+                let _ = s.read(&mut buf);
+                let variant = std::fs::read(&flags_path)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                    .and_then(|v| v["flags"][&flag]["defaultVariant"].as_str().map(String::from))
+                    .unwrap_or_default();
+                let (code, text) = if variant == bad { (500, "failing") } else { (200, "ok") };
+                let resp = format!(
+                    "HTTP/1.1 {code} {text}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+                    text.len()
+                );
+                let _ = s.write_all(resp.as_bytes());
+            }
+        });
+        FlagAwareService { port, stop }
+    }
+
+    /// The `[probes.NAME]` block for this service.
+    pub fn probe_config(&self, name: &str) -> String {
+        format!(
+            "\n[probes.{name}]\nkind = \"http\"\nurl = \"http://127.0.0.1:{}/health\"\nsamples = 3\ninterval = \"20ms\"\n",
+            self.port
+        )
+    }
+}
+
+impl Drop for FlagAwareService {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+    }
+}

@@ -98,6 +98,9 @@ pub struct AgentArgs {
     /// Validate the config and its policy, then exit.
     #[arg(long)]
     pub check: bool,
+    /// Listen here instead of [api].listen (e.g. 127.0.0.1:7371).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -330,7 +333,7 @@ pub async fn run(cli: Cli) -> ExitCode {
 }
 
 async fn run_agent(args: AgentArgs) -> CliResult {
-    let (cfg, dev) = match &args.config {
+    let (mut cfg, dev) = match &args.config {
         Some(path) => (crate::config::AgentConfig::load(path)?, false),
         None => {
             if args.check {
@@ -339,6 +342,13 @@ async fn run_agent(args: AgentArgs) -> CliResult {
             (crate::defaults::prepare()?.config, true)
         }
     };
+    if let Some(addr) = args.listen {
+        cfg.api.listen = addr;
+        if dev {
+            crate::defaults::follow_listen(&mut cfg, addr);
+        }
+        cfg.validate("--listen")?;
+    }
     if args.check {
         println!("{}", crate::agent::check(&cfg)?);
         return Ok(());

@@ -15,12 +15,15 @@ pub async fn run(lc: Arc<Lifecycle>, dir: PathBuf) -> Result<(), String> {
         crate::state::create_private_dir(&dir.join(sub))
             .map_err(|e| format!("{}: {e}", dir.display()))?;
     }
+    // Events carry absolute paths; compare against the absolute directory.
+    let dir = fs::canonicalize(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let (_watcher, mut events) =
         super::watch::watch_dir(&dir).map_err(|e| format!("watching {}: {e}", dir.display()))?;
     for existing in list_envelopes(&dir) {
         handle(&lc, &dir, &existing).await;
     }
     while let Some(path) = events.recv().await {
+        tracing::debug!(path = %path.display(), "inbox event");
         if is_envelope(&path) && path.parent() == Some(dir.as_path()) && path.exists() {
             handle(&lc, &dir, &path).await;
         }
