@@ -100,10 +100,7 @@ impl AuditLog {
                 tail_start += 1;
             }
         }
-        let last_line = buf
-            .split(|&b| b == b'\n')
-            .filter(|l| !l.is_empty())
-            .next_back();
+        let last_line = buf.split(|&b| b == b'\n').rfind(|l| !l.is_empty());
         let (last_hash, next_seq) = match last_line {
             Some(line) => {
                 let entry: AuditEntry = serde_json::from_slice(line)

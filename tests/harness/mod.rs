@@ -76,6 +76,12 @@ pub struct Env {
     pub keys: Vec<OperatorKey>,
 }
 
+impl Default for Env {
+    fn default() -> Self {
+        Env::new()
+    }
+}
+
 impl Env {
     /// A fresh directory with the standard flags file and keys `alice`,
     /// `bob` (both `sre`) and `mallory` (not in the policy).
@@ -239,7 +245,10 @@ fn tourniquet_providers_write(path: &Path, text: &str) {
 pub struct Agent {
     pub child: Child,
     pub url: String,
+    /// The start banner.
     pub stdout: String,
+    /// Kept so the agent's stdout pipe stays open for later output.
+    stdout_rx: mpsc::Receiver<String>,
     stderr_rx: mpsc::Receiver<String>,
     pub stderr: Vec<String>,
 }
@@ -278,43 +287,40 @@ impl Agent {
             }
         });
         let mut banner = String::new();
+        let mut url = None;
         let deadline = Instant::now() + Duration::from_secs(20);
-        let url = loop {
+        // Read the whole banner: it ends with the agent key line.
+        loop {
             match rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(line) => {
                     banner.push_str(&line);
                     banner.push('\n');
                     if let Some(rest) = line.trim().strip_prefix("listens:") {
-                        break rest.trim().to_string();
+                        url = Some(rest.trim().to_string());
+                    }
+                    if line.trim().starts_with("agent key:") && url.is_some() {
+                        break;
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     if let Ok(Some(status)) = child.try_wait() {
                         let err: Vec<String> = erx.try_iter().collect();
-                        panic!(
-                            "agent exited with {status} before listening:\n{banner}\n{}",
-                            err.join("\n")
-                        );
+                        panic!("agent exited with {status} before listening:\n{banner}\n{}", err.join("\n"));
                     }
-                    assert!(
-                        Instant::now() < deadline,
-                        "agent did not print its address:\n{banner}"
-                    );
+                    assert!(Instant::now() < deadline, "agent did not print its banner:\n{banner}");
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     let _ = child.wait();
                     let err: Vec<String> = erx.try_iter().collect();
-                    panic!(
-                        "agent closed stdout before listening:\n{banner}\n{}",
-                        err.join("\n")
-                    );
+                    panic!("agent closed stdout before listening:\n{banner}\n{}", err.join("\n"));
                 }
             }
-        };
-        let mut agent = Agent {
+        }
+        let agent = Agent {
             child,
-            url,
+            url: url.unwrap_or_default(),
             stdout: banner,
+            stdout_rx: rx,
             stderr_rx: erx,
             stderr: Vec::new(),
         };
@@ -325,6 +331,11 @@ impl Agent {
             });
         }
         agent
+    }
+
+    /// What the agent printed to stdout after its banner.
+    pub fn later_stdout(&self) -> String {
+        self.stdout_rx.try_iter().collect::<Vec<_>>().join("\n")
     }
 
     /// Everything the agent logged so far.
@@ -402,10 +413,7 @@ pub fn http_request(method: &str, url: &str, body: &[u8]) -> Option<(u16, Vec<u8
 
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    loop {
-        let Some(line_end) = data.windows(2).position(|w| w == b"\r\n") else {
-            break;
-        };
+    while let Some(line_end) = data.windows(2).position(|w| w == b"\r\n") {
         let size = usize::from_str_radix(String::from_utf8_lossy(&data[..line_end]).trim(), 16)
             .unwrap_or(0);
         if size == 0 {

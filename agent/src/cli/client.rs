@@ -242,13 +242,12 @@ pub async fn status(args: StatusArgs) -> CliResult {
         Some(id) => {
             let (code, record) = get_json(&client, &format!("{base}/v1/commands/{id}")).await?;
             if code != 200 {
-                return Err(Failure::error(format!(
-                    "{}",
+                return Err(Failure::error(
                     record
                         .get("message")
                         .and_then(Value::as_str)
-                        .unwrap_or("not found")
-                )));
+                        .unwrap_or("not found"),
+                ));
             }
             if args.conn.json {
                 println!("{}", serde_json::to_string_pretty(&record)?);

@@ -1,0 +1,169 @@
+//! `tourniquet-bench`: measures the real agent binary from the outside.
+//!
+//! - ready: exec → first `200` from `/healthz`;
+//! - apply: `POST /v1/commands` → the flags file renamed, on a warm agent
+//!   without a guard (a flag flipped back and forth);
+//! - idle RSS after 10 s;
+//! - binary size.
+//!
+//! Run with `scripts/bench` (a release build). Prints medians and p99s, and
+//! `--json` for scripts. These are measurements, never assertions.
+
+use std::os::unix::fs::MetadataExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tourniquet_e2e::*;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn summary(mut v: Vec<f64>) -> Value {
+    v.sort_by(|a, b| a.total_cmp(b));
+    json!({"n": v.len(), "p50": pct(&v, 50.0), "p99": pct(&v, 99.0), "min": v[0], "max": v[v.len() - 1]})
+}
+
+fn config_on(env: &Env, port: u16) {
+    env.write_config(&env.default_config().replace("127.0.0.1:0", &format!("127.0.0.1:{port}")));
+}
+
+/// exec → `/healthz` 200, polling as fast as connect allows.
+fn measure_ready(env: &Env, runs: usize) -> Vec<f64> {
+    let mut out = Vec::new();
+    for _ in 0..runs {
+        let port = free_port();
+        config_on(env, port);
+        let url = format!("http://127.0.0.1:{port}/healthz");
+        let start = Instant::now();
+        let mut child = Command::new(bin())
+            .args(["agent", "--config", "agent.toml"])
+            .current_dir(env.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        loop {
+            if http_get_status(&url) == Some(200) {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "agent never became ready");
+        }
+        out.push(start.elapsed().as_secs_f64() * 1000.0);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    out
+}
+
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// POST → rename of the flags file (its inode changes), measured from a
+/// second thread so the response time does not hide the apply.
+fn measure_apply(env: &Env, agent: &Agent, runs: usize) -> (Vec<f64>, Vec<f64>) {
+    let flags = env.path("flags.json");
+    let mut to_rename = Vec::new();
+    let mut to_response = Vec::new();
+    for i in 0..runs + 10 {
+        let variant = if i % 2 == 0 { "off" } else { "on" };
+        let body = sign(&payload(set_new_flow(variant)), &[env.key("alice")]);
+        let inode = std::fs::metadata(&flags).expect("flags").ino();
+        let url = format!("{}/v1/commands", agent.url);
+        let start = Instant::now();
+        let poster = std::thread::spawn(move || {
+            let r = http_request("POST", &url, &body);
+            (start.elapsed(), r)
+        });
+        loop {
+            if std::fs::metadata(&flags).map(|m| m.ino()).unwrap_or(inode) != inode {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "flags file never renamed");
+        }
+        let renamed = start.elapsed();
+        let (responded, resp) = poster.join().expect("poster");
+        let (status, body) = resp.expect("response");
+        assert_eq!(status, 202, "{}", String::from_utf8_lossy(&body));
+        let id = serde_json::from_slice::<Value>(&body).expect("json")["id"].as_str().expect("id").to_string();
+        wait_settled(agent, &id);
+        if i >= 10 {
+            to_rename.push(renamed.as_secs_f64() * 1000.0);
+            to_response.push(responded.as_secs_f64() * 1000.0);
+        }
+    }
+    (to_rename, to_response)
+}
+
+fn main() {
+    let json_out = std::env::args().any(|a| a == "--json");
+    let quick = std::env::args().any(|a| a == "--quick");
+    let runs = if quick { 50 } else { 300 };
+    let env = Env::new();
+    let bin_path = bin();
+    eprintln!("benchmarking {}", bin_path.display());
+
+    let ready = measure_ready(&env, if quick { 5 } else { 30 });
+
+    let port = free_port();
+    config_on(&env, port);
+    let agent = env.start();
+    let (rename, response) = measure_apply(&env, &agent, runs);
+    drop(agent);
+
+    let agent = env.start();
+    let idle_wait = if quick { 2 } else { 10 };
+    let settle = Instant::now();
+    while settle.elapsed() < Duration::from_secs(idle_wait) {
+        std::thread::park_timeout(Duration::from_secs(idle_wait) - settle.elapsed());
+    }
+    let (rss, hwm) = rss_kib(agent.child.id());
+    drop(agent);
+
+    let size = std::fs::metadata(&bin_path).map(|m| m.len()).unwrap_or(0);
+    let report = json!({
+        "binary": bin_path.display().to_string(),
+        "binary_bytes": size,
+        "ready_ms": summary(ready),
+        "apply_post_to_rename_ms": summary(rename),
+        "apply_post_to_202_ms": summary(response),
+        "idle_rss_kib": rss,
+        "idle_wait_s": idle_wait,
+        "peak_rss_kib": hwm,
+    });
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        return;
+    }
+    let line = |name: &str, v: &Value| {
+        println!(
+            "{name:<28} p50 {:>8.3} ms   p99 {:>8.3} ms   (n={}, min {:.3}, max {:.3})",
+            v["p50"].as_f64().unwrap_or(0.0),
+            v["p99"].as_f64().unwrap_or(0.0),
+            v["n"],
+            v["min"].as_f64().unwrap_or(0.0),
+            v["max"].as_f64().unwrap_or(0.0)
+        );
+    };
+    line("ready (exec → /healthz)", &report["ready_ms"]);
+    line("apply (POST → renamed)", &report["apply_post_to_rename_ms"]);
+    line("apply (POST → 202)", &report["apply_post_to_202_ms"]);
+    println!("{:<28} {} KiB after {idle_wait}s (peak {hwm} KiB)", "idle RSS", rss);
+    println!("{:<28} {:.1} MiB ({size} bytes)", "binary size", size as f64 / 1048576.0);
+}
