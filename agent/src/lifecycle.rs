@@ -240,7 +240,9 @@ impl Lifecycle {
                 command,
                 Some(&rec.envelope_sha256),
                 detail,
-                durable,
+                // The journal carries recovery; the audit log is synced when
+                // a command settles, keeping one fsync off the apply path.
+                durable && rec.is_settled(),
             ) {
                 tracing::error!(command = %rec.id, error = %e, "cannot write the audit log");
             }
@@ -935,7 +937,8 @@ impl Lifecycle {
                         .unwrap_or_default();
                     self.bake_and_settle(rec, served).await;
                 }
-                State::Kept => {
+                // In force with a hold: the timer did not survive the restart.
+                State::Kept if rec.hold_until.is_some() => {
                     self.audit_recovery(&rec, "holding: re-armed the hold timer");
                     self.arm_hold(id);
                 }

@@ -147,23 +147,21 @@ pub struct CommandRecord {
 }
 
 impl CommandRecord {
-    /// Terminal: nothing further will happen to it.
+    /// Terminal: nothing further will happen to it. A kept hotfix that can
+    /// still be reverted is not terminal: it is in force, and must never be
+    /// forgotten by journal compaction.
     pub fn is_terminal(&self) -> bool {
         match self.state {
-            State::Rejected
-            | State::RolledBack
-            | State::Reverted
-            | State::Failed
-            | State::Superseded => true,
-            State::Planned => self.payload.as_ref().is_some_and(|p| p.dry_run),
-            State::Kept => self.hold_until.is_none(),
+            State::Rejected | State::RolledBack | State::Reverted | State::Failed | State::Superseded => true,
+            State::Planned => self.dry_run(),
+            State::Kept => !self.is_active(),
             _ => false,
         }
     }
 
-    /// Applied and still in force with a hold or revertable effect.
+    /// Applied and still in force: something of it can still be reverted.
     pub fn is_active(&self) -> bool {
-        self.state == State::Kept
+        self.state == State::Kept && self.actions.iter().any(|a| a.applied && !a.reverted && a.reversible)
     }
 
     /// Settled for a waiting client: terminal, or kept (even if held).

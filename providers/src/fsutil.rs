@@ -12,6 +12,13 @@ use std::path::Path;
 /// write, fsync, rename over, fsync the directory. `mode` sets the
 /// permissions of a newly created file (existing files keep theirs).
 pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    replace_file(path, bytes, mode, true)
+}
+
+/// Like [`write_atomically`]; with `sync` false it skips both fsyncs, for
+/// copies whose loss in a power cut costs nothing (readers still never see
+/// a torn file).
+pub fn replace_file(path: &Path, bytes: &[u8], mode: u32, sync: bool) -> io::Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -36,10 +43,15 @@ pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> 
         opts.mode(keep_mode.unwrap_or(mode));
         let mut f = opts.open(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
+        if sync {
+            f.sync_all()?;
+        }
         drop(f);
         fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
+        if sync {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);

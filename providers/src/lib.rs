@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-pub use fsutil::write_atomically;
+pub use fsutil::{replace_file, write_atomically};
 
 /// One action of a command, as a provider sees it: an op and its parameters.
 /// The resource name has already been resolved to this provider instance.

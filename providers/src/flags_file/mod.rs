@@ -18,7 +18,7 @@ use tokio::sync::Mutex;
 
 pub use config::FlagsFileConfig;
 
-use crate::{write_atomically, ActionSpec, Provider, ProviderError, State};
+use crate::{replace_file, write_atomically, ActionSpec, Provider, ProviderError, State};
 
 /// Params of `flag.set`.
 #[derive(Debug, Deserialize)]
@@ -76,6 +76,11 @@ impl FlagsFile {
     }
 
     fn read(&self) -> Result<Value, ProviderError> {
+        self.read_with_bytes().map(|(_, doc)| doc)
+    }
+
+    /// Reads and validates the file; returns its exact bytes too.
+    fn read_with_bytes(&self) -> Result<(Vec<u8>, Value), ProviderError> {
         let path = &self.config.path;
         let bytes = fs::read(path)
             .map_err(|e| ProviderError::Failed(format!("reading {}: {e}", path.display())))?;
@@ -85,21 +90,17 @@ impl FlagsFile {
         validate_document(&doc).map_err(|e| {
             ProviderError::Failed(format!("{} is not a valid flagd file: {e}", path.display()))
         })?;
-        Ok(doc)
+        Ok((bytes, doc))
     }
 
-    /// Validates, keeps a last-known-good copy, writes atomically, and reads
-    /// the file back to validate what is now on disk.
-    fn write(&self, old: &Value, new: &Value) -> Result<(), ProviderError> {
+    /// Validates, writes atomically, reads the file back to validate what is
+    /// now on disk, and keeps the previous (validated) bytes as the
+    /// last-known-good copy.
+    fn write(&self, old_bytes: &[u8], new: &Value) -> Result<(), ProviderError> {
         validate_document(new).map_err(|e| {
             ProviderError::Failed(format!("refusing to write an invalid file: {e}"))
         })?;
         let path = &self.config.path;
-        let lkg = self.config.last_known_good_path();
-        let old_bytes = to_pretty(old)?;
-        write_atomically(&lkg, &old_bytes, 0o600).map_err(|e| {
-            ProviderError::Failed(format!("writing last-known-good {}: {e}", lkg.display()))
-        })?;
         write_atomically(path, &to_pretty(new)?, 0o644)
             .map_err(|e| ProviderError::Failed(format!("writing {}: {e}", path.display())))?;
         let back = self.read()?;
@@ -109,6 +110,11 @@ impl FlagsFile {
                 path.display()
             )));
         }
+        // A convenience copy for humans: off the durable path on purpose.
+        let lkg = self.config.last_known_good_path();
+        if let Err(e) = replace_file(&lkg, old_bytes, 0o600, false) {
+            tracing::warn!(path = %lkg.display(), error = %e, "cannot keep the last-known-good copy");
+        }
         Ok(())
     }
 
@@ -117,14 +123,14 @@ impl FlagsFile {
         flag: &str,
         edit: impl FnOnce(&mut FlagFields),
     ) -> Result<State, ProviderError> {
-        let doc = self.read()?;
+        let (bytes, doc) = self.read_with_bytes()?;
         let before = flag_fields(&doc, flag)?;
         let mut after = before.clone();
         edit(&mut after);
         if after != before {
             let mut new = doc.clone();
             set_flag_fields(&mut new, flag, &after)?;
-            self.write(&doc, &new)?;
+            self.write(&bytes, &new)?;
         }
         Ok(fields_state(flag, &after))
     }
