@@ -24,10 +24,17 @@ fn every_example_config_passes_check() {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(String::from_utf8_lossy(&out.stdout).contains("config ok"), "{name}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("config ok"),
+            "{name}"
+        );
         checked += 1;
     }
-    assert!(checked >= 1, "no example configs found in {}", dir.display());
+    assert!(
+        checked >= 1,
+        "no example configs found in {}",
+        dir.display()
+    );
 }
 
 #[test]
@@ -36,7 +43,10 @@ fn every_example_policy_parses() {
     let mut checked = 0;
     for entry in std::fs::read_dir(&dir).expect("configs/") {
         let path = entry.expect("entry").path();
-        if path.file_name().is_some_and(|n| n.to_string_lossy().ends_with("policy.toml")) {
+        if path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().ends_with("policy.toml"))
+        {
             tourniquet::policy::Policy::load(&path).unwrap_or_else(|e| panic!("{e}"));
             checked += 1;
         }

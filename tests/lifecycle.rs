@@ -28,7 +28,8 @@ fn flag_set_cli(env: &Env, agent: &Agent, extra: &[&str]) -> (i32, String, Strin
 }
 
 fn id_from_json(stdout: &str) -> String {
-    let v: Value = serde_json::from_str(stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"));
+    let v: Value =
+        serde_json::from_str(stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"));
     v["id"].as_str().expect("id").to_string()
 }
 
@@ -49,19 +50,39 @@ fn the_hold_runs_out_and_the_agent_reverts_even_after_a_restart() {
     // Stop the agent before the hold runs out, and start it after.
     agent.stop();
     let hold_until = humantime::parse_rfc3339(rec["hold_until"].as_str().unwrap()).unwrap();
-    wait_for("the hold to pass while the agent is down", Duration::from_secs(30), || {
-        (std::time::SystemTime::now() > hold_until).then_some(())
-    });
-    assert_eq!(env.variant("new_flow"), "off", "nothing reverts while the agent is down");
+    wait_for(
+        "the hold to pass while the agent is down",
+        Duration::from_secs(30),
+        || (std::time::SystemTime::now() > hold_until).then_some(()),
+    );
+    assert_eq!(
+        env.variant("new_flow"),
+        "off",
+        "nothing reverts while the agent is down"
+    );
     let agent = env.start();
     let rec = wait_state(&agent, &id, |r| r["state"] == "reverted");
     assert_eq!(env.variant("new_flow"), "on");
     let receipts = rec["receipts"].as_array().unwrap();
-    assert!(receipts.iter().any(|r| r.as_str().unwrap().ends_with(".reverted")), "{receipts:?}");
-    assert!(receipts.iter().any(|r| r.as_str().unwrap().ends_with(".kept")), "{receipts:?}");
+    assert!(
+        receipts
+            .iter()
+            .any(|r| r.as_str().unwrap().ends_with(".reverted")),
+        "{receipts:?}"
+    );
+    assert!(
+        receipts
+            .iter()
+            .any(|r| r.as_str().unwrap().ends_with(".kept")),
+        "{receipts:?}"
+    );
     let audit = env.audit_entries();
-    assert!(audit.iter().any(|e| e["event"] == "recovered" && e["command"] == id.as_str()));
-    assert!(audit.iter().any(|e| e["event"] == "reverted" && e["command"] == id.as_str()));
+    assert!(audit
+        .iter()
+        .any(|e| e["event"] == "recovered" && e["command"] == id.as_str()));
+    assert!(audit
+        .iter()
+        .any(|e| e["event"] == "reverted" && e["command"] == id.as_str()));
     let (code, out, err) = env.cli(&["audit", "verify", "--state", "state"]);
     assert_eq!(code, 0, "{out}{err}");
 }
@@ -70,9 +91,17 @@ fn the_hold_runs_out_and_the_agent_reverts_even_after_a_restart() {
 fn a_hotfix_that_makes_things_worse_is_rolled_back() {
     let env = Env::new();
     let svc = FlagAwareService::start(env.path("flags.json"), "new_flow", "off");
-    env.write_config(&format!("{}{}", env.default_config(), svc.probe_config("svc")));
+    env.write_config(&format!(
+        "{}{}",
+        env.default_config(),
+        svc.probe_config("svc")
+    ));
     let agent = env.start();
-    let (code, out, err) = flag_set_cli(&env, &agent, &["--guard", "svc", "--bake", "100ms", "--json"]);
+    let (code, out, err) = flag_set_cli(
+        &env,
+        &agent,
+        &["--guard", "svc", "--bake", "100ms", "--json"],
+    );
     assert_eq!(code, 4, "rolled back exits 4: {out}{err}");
     let rec: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(rec["state"], "rolled_back");
@@ -85,7 +114,10 @@ fn a_hotfix_that_makes_things_worse_is_rolled_back() {
     assert_eq!(rec["actions"][0]["reverted"], true);
     let (_, metrics) = http_request("GET", &format!("{}/metrics", agent.url), b"").unwrap();
     let metrics = String::from_utf8_lossy(&metrics);
-    assert!(metrics.contains("tourniquet_rollbacks_total 1"), "{metrics}");
+    assert!(
+        metrics.contains("tourniquet_rollbacks_total 1"),
+        "{metrics}"
+    );
 }
 
 #[test]
@@ -93,7 +125,11 @@ fn a_hotfix_that_helps_is_kept_with_before_and_after_numbers() {
     let env = Env::new();
     // The service fails while new_flow is on: turning it off is the fix.
     let svc = FlagAwareService::start(env.path("flags.json"), "new_flow", "on");
-    env.write_config(&format!("{}{}", env.default_config(), svc.probe_config("svc")));
+    env.write_config(&format!(
+        "{}{}",
+        env.default_config(),
+        svc.probe_config("svc")
+    ));
     let agent = env.start();
     let (code, out, err) = flag_set_cli(&env, &agent, &["--guard", "svc", "--bake", "50ms"]);
     assert_eq!(code, 0, "{out}{err}");
@@ -112,14 +148,31 @@ fn a_revert_command_undoes_an_earlier_one_once() {
     assert_eq!(code, 0, "{out}{err}");
     let id = id_from_json(&out);
     let (code, out, err) = env.cli(&[
-        "revert", &id, "--reason", "INC-1 resolved", "--key", "bob_ed25519", "--send", &agent.url, "--json",
+        "revert",
+        &id,
+        "--reason",
+        "INC-1 resolved",
+        "--key",
+        "bob_ed25519",
+        "--send",
+        &agent.url,
+        "--json",
     ]);
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(env.variant("new_flow"), "on");
     let (_, original) = get_json(&agent, &format!("/v1/commands/{id}"));
     assert_eq!(original["state"], "reverted");
     assert_eq!(original["related"], id_from_json(&out).as_str());
-    let (code, _, err) = env.cli(&["revert", &id, "--reason", "again", "--key", "bob_ed25519", "--send", &agent.url]);
+    let (code, _, err) = env.cli(&[
+        "revert",
+        &id,
+        "--reason",
+        "again",
+        "--key",
+        "bob_ed25519",
+        "--send",
+        &agent.url,
+    ]);
     assert_eq!(code, 2, "reverting twice is rejected: {err}");
     assert!(err.contains("invalid_action"), "{err}");
 }
@@ -147,7 +200,10 @@ fn rename_policy(env: &Env, text: &str, n: usize) {
 }
 
 fn policy_sha(agent: &Agent) -> String {
-    get_json(agent, "/v1/identity").1["policy_sha256"].as_str().unwrap_or_default().to_string()
+    get_json(agent, "/v1/identity").1["policy_sha256"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 #[test]
@@ -164,25 +220,50 @@ fn policy_edits_are_picked_up_across_five_atomic_renames() {
         let text = if trusted { &with_mallory } else { &without };
         rename_policy(&env, text, i);
         let want = sha256_hex(text.as_bytes());
-        wait_for(&format!("policy reload #{}", i + 1), Duration::from_secs(10), || {
-            (policy_sha(&agent) == want).then_some(())
-        });
-        let (status, body) = post_command(&agent, &sign(&payload(set_new_flow("off")), &[env.key("mallory")]));
+        wait_for(
+            &format!("policy reload #{}", i + 1),
+            Duration::from_secs(10),
+            || (policy_sha(&agent) == want).then_some(()),
+        );
+        let (status, body) = post_command(
+            &agent,
+            &sign(&payload(set_new_flow("off")), &[env.key("mallory")]),
+        );
         if trusted {
-            assert_eq!(status, 202, "rename #{}: mallory is trusted now: {body}", i + 1);
+            assert_eq!(
+                status,
+                202,
+                "rename #{}: mallory is trusted now: {body}",
+                i + 1
+            );
             wait_settled(&agent, body["id"].as_str().unwrap());
         } else {
-            assert_eq!(body["reason"], "unknown_signer", "rename #{}: {body}", i + 1);
+            assert_eq!(
+                body["reason"],
+                "unknown_signer",
+                "rename #{}: {body}",
+                i + 1
+            );
         }
     }
     // A broken edit keeps the last good policy and says why.
     let last_good = policy_sha(&agent);
     rename_policy(&env, "version = 1\nmax_ttl = \n", 99);
-    wait_for("policy_rejected in the audit log", Duration::from_secs(10), || {
-        env.audit_entries().iter().any(|e| e["event"] == "policy_rejected").then_some(())
-    });
+    wait_for(
+        "policy_rejected in the audit log",
+        Duration::from_secs(10),
+        || {
+            env.audit_entries()
+                .iter()
+                .any(|e| e["event"] == "policy_rejected")
+                .then_some(())
+        },
+    );
     assert_eq!(policy_sha(&agent), last_good);
-    let (status, _) = post_command(&agent, &sign(&payload(set_new_flow("on")), &[env.key("alice")]));
+    let (status, _) = post_command(
+        &agent,
+        &sign(&payload(set_new_flow("on")), &[env.key("alice")]),
+    );
     assert_eq!(status, 202, "the last good policy still works");
 }
 
@@ -195,12 +276,19 @@ fn the_inbox_applies_dropped_envelopes_and_sorts_them() {
     let (code, out, err) = env.cli(&["send", "good.json", "--to", "dir:inbox"]);
     assert_eq!(code, 0, "{out}{err}");
     wait_for("inbox/done", Duration::from_secs(10), || {
-        std::fs::read_dir(env.path("inbox/done")).ok()?.next().map(|_| ())
+        std::fs::read_dir(env.path("inbox/done"))
+            .ok()?
+            .next()
+            .map(|_| ())
     });
-    let id = serde_json::from_slice::<Value>(&tourniquet::envelope::decode_base64(
-        serde_json::from_slice::<Value>(&good).unwrap()["payload"].as_str().unwrap(),
+    let id = serde_json::from_slice::<Value>(
+        &tourniquet::envelope::decode_base64(
+            serde_json::from_slice::<Value>(&good).unwrap()["payload"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap(),
     )
-    .unwrap())
     .unwrap()["id"]
         .as_str()
         .unwrap()
@@ -231,14 +319,31 @@ fn a_newer_hotfix_on_the_same_flag_supersedes_the_older() {
     assert_eq!(code, 0, "{out}{err}");
     let second = id_from_json(&out);
     let rec: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(rec["actions"][0]["before"]["defaultVariant"], "on", "inherits the original before-state");
+    assert_eq!(
+        rec["actions"][0]["before"]["defaultVariant"], "on",
+        "inherits the original before-state"
+    );
     let (_, old) = get_json(&agent, &format!("/v1/commands/{first}"));
     assert_eq!(old["state"], "superseded");
     let (_, hotfixes) = get_json(&agent, "/v1/hotfixes");
-    let ids: Vec<&str> = hotfixes["hotfixes"].as_array().unwrap().iter().map(|h| h["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = hotfixes["hotfixes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, vec![second.as_str()]);
     // Reverting the newer one restores what was there before both.
-    let (code, _, err) = env.cli(&["revert", &second, "--reason", "done", "--key", "alice_ed25519", "--send", &agent.url]);
+    let (code, _, err) = env.cli(&[
+        "revert",
+        &second,
+        "--reason",
+        "done",
+        "--key",
+        "alice_ed25519",
+        "--send",
+        &agent.url,
+    ]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(env.variant("new_flow"), "on");
 }
@@ -260,12 +365,24 @@ fn status_identity_and_metrics_answer() {
     assert!(v["hold_left_s"].as_u64().unwrap() > 0);
     let (_, ident) = get_json(&agent, "/v1/identity");
     assert_eq!(ident["agent_id"], "test-agent");
-    assert_eq!(ident["labels"], json!({"env": "test", "region": "eu-central-1"}));
-    assert!(ident["public_key"].as_str().unwrap().starts_with("ssh-ed25519 "));
+    assert_eq!(
+        ident["labels"],
+        json!({"env": "test", "region": "eu-central-1"})
+    );
+    assert!(ident["public_key"]
+        .as_str()
+        .unwrap()
+        .starts_with("ssh-ed25519 "));
     let (_, metrics) = http_request("GET", &format!("{}/metrics", agent.url), b"").unwrap();
     let metrics = String::from_utf8_lossy(&metrics);
-    assert!(metrics.contains("tourniquet_commands_total{result=\"accepted\",reason=\"none\"} 1"), "{metrics}");
-    assert!(metrics.contains("tourniquet_active_hotfixes 1"), "{metrics}");
+    assert!(
+        metrics.contains("tourniquet_commands_total{result=\"accepted\",reason=\"none\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tourniquet_active_hotfixes 1"),
+        "{metrics}"
+    );
     assert!(metrics.contains("tourniquet_build_info"), "{metrics}");
     assert!(!metrics.contains(&id), "no command ids as labels");
     // State files are private.
@@ -282,13 +399,25 @@ fn the_embedded_default_runs_the_quick_start() {
     let dir = tempfile::tempdir().unwrap();
     // The quick start as documented, moved off 7370 to a free port so it
     // cannot collide with anything else on the machine.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let addr = format!("127.0.0.1:{port}");
     let url = format!("http://{addr}");
     let agent = Agent::spawn(dir.path(), &["agent", "--listen", &addr], &[]);
     assert!(agent.stdout.contains("DEV TRUST"), "{}", agent.stdout);
-    assert!(agent.stdout.contains("manages:  demo-flags"), "{}", agent.stdout);
-    assert!(agent.stdout.contains(&format!("listens:  {url}")), "{}", agent.stdout);
+    assert!(
+        agent.stdout.contains("manages:  demo-flags"),
+        "{}",
+        agent.stdout
+    );
+    assert!(
+        agent.stdout.contains(&format!("listens:  {url}")),
+        "{}",
+        agent.stdout
+    );
     let out = std::process::Command::new(bin())
         .args([
             "flag",
@@ -308,14 +437,26 @@ fn the_embedded_default_runs_the_quick_start() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("decision:  accepted"), "{stdout}");
     assert!(stdout.contains("new_checkout: on → off"), "{stdout}");
-    assert!(stdout.contains("probe:     self-health: before 3/3 ok"), "{stdout}");
+    assert!(
+        stdout.contains("probe:     self-health: before 3/3 ok"),
+        "{stdout}"
+    );
     assert!(stdout.contains("hold:"), "{stdout}");
-    let flags: Value = serde_json::from_slice(&std::fs::read(dir.path().join(".tourniquet/flags.json")).unwrap()).unwrap();
+    let flags: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join(".tourniquet/flags.json")).unwrap())
+            .unwrap();
     assert_eq!(flags["flags"]["new_checkout"]["defaultVariant"], "off");
     use std::os::unix::fs::PermissionsExt;
-    let key_mode = std::fs::metadata(dir.path().join(".tourniquet/operator_ed25519")).unwrap().permissions().mode();
+    let key_mode = std::fs::metadata(dir.path().join(".tourniquet/operator_ed25519"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(key_mode & 0o777, 0o600);
 }

@@ -13,7 +13,10 @@ fn bench_verify(c: &mut Criterion) {
     for name in ["alice", "bob"] {
         let path = dir.path().join(name);
         let public = generate_keypair(&path, name).expect("keygen");
-        keys.push((Signer::load(&path).expect("load"), public.to_openssh().expect("pub")));
+        keys.push((
+            Signer::load(&path).expect("load"),
+            public.to_openssh().expect("pub"),
+        ));
     }
     let policy = Policy::from_toml(
         &format!(
@@ -37,21 +40,36 @@ fn bench_verify(c: &mut Criterion) {
     let bytes = serde_json::to_vec(&payload).expect("payload");
     let pae = envelope::pae(COMMAND_PAYLOAD_TYPE, &bytes);
     let mut one = Envelope::new(COMMAND_PAYLOAD_TYPE, &bytes);
-    one.add_signature(&keys[0].0.sign(COMMAND_NAMESPACE, &pae).expect("sign")).expect("add");
+    one.add_signature(&keys[0].0.sign(COMMAND_NAMESPACE, &pae).expect("sign"))
+        .expect("add");
     let mut two = one.clone();
-    two.add_signature(&keys[1].0.sign(COMMAND_NAMESPACE, &pae).expect("sign")).expect("add");
+    two.add_signature(&keys[1].0.sign(COMMAND_NAMESPACE, &pae).expect("sign"))
+        .expect("add");
     let one = serde_json::to_vec(&one).expect("json");
     let two = serde_json::to_vec(&two).expect("json");
 
     let at = Timestamp::now();
     c.bench_function("verify_envelope/1_signature", |b| {
-        b.iter(|| policy.verify_envelope(std::hint::black_box(&one), at).expect("verifies"))
+        b.iter(|| {
+            policy
+                .verify_envelope(std::hint::black_box(&one), at)
+                .expect("verifies")
+        })
     });
     c.bench_function("verify_envelope/2_signatures", |b| {
-        b.iter(|| policy.verify_envelope(std::hint::black_box(&two), at).expect("verifies"))
+        b.iter(|| {
+            policy
+                .verify_envelope(std::hint::black_box(&two), at)
+                .expect("verifies")
+        })
     });
     c.bench_function("sign/ed25519_file_key", |b| {
-        b.iter(|| keys[0].0.sign(COMMAND_NAMESPACE, std::hint::black_box(&pae)).expect("sign"))
+        b.iter(|| {
+            keys[0]
+                .0
+                .sign(COMMAND_NAMESPACE, std::hint::black_box(&pae))
+                .expect("sign")
+        })
     });
 }
 

@@ -94,6 +94,10 @@ pub async fn run(cfg: AgentConfig, dev_mode: bool) -> Result<(), String> {
         tracing::warn!(lines = loaded.skipped, "journal had torn lines; skipped");
     }
 
+    // Taken before any transport starts: what arrives from now on is live.
+    let pending = lc.unsettled();
+    let _policy_watch = watch_policy(lc.clone(), cfg.agent.policy.clone())?;
+
     // Bind before anything slow so readiness is immediate.
     let listener = if cfg.api.enabled {
         let tls = transport::http::tls_acceptor(&cfg.api)?;
@@ -115,17 +119,18 @@ pub async fn run(cfg: AgentConfig, dev_mode: bool) -> Result<(), String> {
         dev_mode,
         listener.as_ref().map(|l| (l.2, l.1.is_some())),
     );
+    if let Some((listener, tls, _)) = listener {
+        tokio::spawn(transport::http::serve(lc.clone(), listener, tls));
+    }
+    // Recorded after the API is up: start-up fsyncs must not delay readiness.
     lc.audit_event(
         "agent_started",
         json!({"agent": agent_id, "version": env!("CARGO_PKG_VERSION"), "policy_sha256": policy_sha}),
     );
 
-    if let Some((listener, tls, _)) = listener {
-        tokio::spawn(transport::http::serve(lc.clone(), listener, tls));
-    }
     {
         let lc = lc.clone();
-        tokio::spawn(async move { lc.recover().await });
+        tokio::spawn(async move { lc.recover(pending).await });
     }
     if let Some(inbox) = &cfg.inbox {
         let lc = lc.clone();
@@ -138,7 +143,6 @@ pub async fn run(cfg: AgentConfig, dev_mode: bool) -> Result<(), String> {
             }
         });
     }
-    let _policy_watch = watch_policy(lc.clone(), cfg.agent.policy.clone())?;
     {
         let lc = lc.clone();
         tokio::spawn(async move {
@@ -227,33 +231,38 @@ fn watch_policy(
         .map_err(|e| format!("watching {}: {e}", dir.display()))?;
     let name = path.file_name().map(|n| n.to_owned());
     tokio::spawn(async move {
+        // An edit between the first load and the watch is caught here.
+        reload_policy_if_changed(&lc, &path);
         while let Some(p) = events.recv().await {
-            if p.file_name() != name.as_deref() {
-                continue;
-            }
-            let Ok(text) = std::fs::read_to_string(&path) else {
-                continue;
-            };
-            let sha = sha256_hex(text.as_bytes());
-            if sha == lc.policy_sha256() {
-                continue;
-            }
-            match Policy::from_toml(&text, &path.display().to_string()) {
-                Ok(policy) => {
-                    tracing::info!(sha256 = %sha, "policy reloaded");
-                    lc.replace_policy(policy, sha);
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "policy edit rejected; keeping the last good policy");
-                    lc.audit_event(
-                        "policy_rejected",
-                        json!({"sha256": sha, "error": e.to_string()}),
-                    );
-                }
+            if p.file_name() == name.as_deref() {
+                reload_policy_if_changed(&lc, &path);
             }
         }
     });
     Ok(watcher)
+}
+
+fn reload_policy_if_changed(lc: &Lifecycle, path: &Path) {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return;
+    };
+    let sha = sha256_hex(text.as_bytes());
+    if sha == lc.policy_sha256() {
+        return;
+    }
+    match Policy::from_toml(&text, &path.display().to_string()) {
+        Ok(policy) => {
+            tracing::info!(sha256 = %sha, "policy reloaded");
+            lc.replace_policy(policy, sha);
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "policy edit rejected; keeping the last good policy");
+            lc.audit_event(
+                "policy_rejected",
+                json!({"sha256": sha, "error": e.to_string()}),
+            );
+        }
+    }
 }
 
 async fn wait_for_shutdown() {

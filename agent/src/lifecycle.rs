@@ -850,7 +850,12 @@ impl Lifecycle {
     }
 
     /// Reverts an active command's effect and settles it as `reverted`.
-    pub async fn revert_command(&self, id: &str, note: String, by: Option<&str>) -> Result<(), String> {
+    pub async fn revert_command(
+        &self,
+        id: &str,
+        note: String,
+        by: Option<&str>,
+    ) -> Result<(), String> {
         let _lock = self.apply_lock.lock().await;
         let Some(mut rec) = self.record(id) else {
             return Err(format!("no command {id}"));
@@ -873,7 +878,11 @@ impl Lifecycle {
     async fn run_revert_command(self: &Arc<Self>, mut rec: CommandRecord, target: &str) {
         self.step(&mut rec, State::Sampled, None, false);
         match self
-            .revert_command(target, format!("reverted by command {}", rec.id), Some(&rec.id))
+            .revert_command(
+                target,
+                format!("reverted by command {}", rec.id),
+                Some(&rec.id),
+            )
             .await
         {
             Ok(()) => {
@@ -897,13 +906,12 @@ impl Lifecycle {
 
     /// Finishes or reverts every command a crash left unsettled, and
     /// re-arms holds. Says which in the audit log.
-    pub async fn recover(self: &Arc<Self>) {
-        let mut pending: Vec<CommandRecord> = self.lock_inner().records.values().cloned().collect();
-        pending.sort_by_key(|r| r.received_at);
+    ///
+    /// `pending` must be taken with [`Lifecycle::unsettled`] before any
+    /// transport starts, so a live command is never mistaken for a crash
+    /// leftover.
+    pub async fn recover(self: &Arc<Self>, pending: Vec<CommandRecord>) {
         for rec in pending {
-            if rec.is_terminal() {
-                continue;
-            }
             let id = rec.id.clone();
             match rec.state {
                 State::Received | State::Verified | State::Planned => {
@@ -945,6 +953,19 @@ impl Lifecycle {
                 _ => {}
             }
         }
+    }
+
+    /// What a crash left unsettled, oldest first.
+    pub fn unsettled(&self) -> Vec<CommandRecord> {
+        let mut pending: Vec<CommandRecord> = self
+            .lock_inner()
+            .records
+            .values()
+            .filter(|r| !r.is_terminal())
+            .cloned()
+            .collect();
+        pending.sort_by_key(|r| r.received_at);
+        pending
     }
 
     fn audit_recovery(&self, rec: &CommandRecord, what: &str) {

@@ -4,18 +4,25 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tourniquet::cli::{Cli, LogFormat};
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::prelude::*;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TOURNIQUET_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    // `TOURNIQUET_LOG=debug`, or per module: `info,tourniquet::transport=debug`.
+    let filter: Targets = std::env::var("TOURNIQUET_LOG")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO));
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     if cli.log_format == LogFormat::Json {
-        builder.json().init();
+        tracing_subscriber::registry()
+            .with(fmt.json().with_filter(filter))
+            .init();
     } else {
-        builder.with_target(false).init();
+        tracing_subscriber::registry()
+            .with(fmt.with_target(false).with_filter(filter))
+            .init();
     }
     // Two workers are plenty for an agent beside a service; it must not
     // compete with what it protects.

@@ -152,7 +152,11 @@ impl CommandRecord {
     /// forgotten by journal compaction.
     pub fn is_terminal(&self) -> bool {
         match self.state {
-            State::Rejected | State::RolledBack | State::Reverted | State::Failed | State::Superseded => true,
+            State::Rejected
+            | State::RolledBack
+            | State::Reverted
+            | State::Failed
+            | State::Superseded => true,
             State::Planned => self.dry_run(),
             State::Kept => !self.is_active(),
             _ => false,
@@ -161,7 +165,11 @@ impl CommandRecord {
 
     /// Applied and still in force: something of it can still be reverted.
     pub fn is_active(&self) -> bool {
-        self.state == State::Kept && self.actions.iter().any(|a| a.applied && !a.reverted && a.reversible)
+        self.state == State::Kept
+            && self
+                .actions
+                .iter()
+                .any(|a| a.applied && !a.reverted && a.reversible)
     }
 
     /// Settled for a waiting client: terminal, or kept (even if held).

@@ -9,7 +9,6 @@
 //! Run with `scripts/bench` (a release build). Prints medians and p99s, and
 //! `--json` for scripts. These are measurements, never assertions.
 
-use std::os::unix::fs::MetadataExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -17,7 +16,11 @@ use serde_json::{json, Value};
 use tourniquet_e2e::*;
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -31,7 +34,10 @@ fn summary(mut v: Vec<f64>) -> Value {
 }
 
 fn config_on(env: &Env, port: u16) {
-    env.write_config(&env.default_config().replace("127.0.0.1:0", &format!("127.0.0.1:{port}")));
+    env.write_config(
+        &env.default_config()
+            .replace("127.0.0.1:0", &format!("127.0.0.1:{port}")),
+    );
 }
 
 /// exec → `/healthz` 200, polling as fast as connect allows.
@@ -53,7 +59,10 @@ fn measure_ready(env: &Env, runs: usize) -> Vec<f64> {
             if http_get_status(&url) == Some(200) {
                 break;
             }
-            assert!(start.elapsed() < Duration::from_secs(10), "agent never became ready");
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "agent never became ready"
+            );
         }
         out.push(start.elapsed().as_secs_f64() * 1000.0);
         let _ = child.kill();
@@ -75,33 +84,50 @@ fn rss_kib(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-/// POST → rename of the flags file (its inode changes), measured from a
-/// second thread so the response time does not hide the apply.
+/// POST → rename of the flags file, timed by an inotify event in a second
+/// thread, so neither the response nor a polling loop distorts it.
 fn measure_apply(env: &Env, agent: &Agent, runs: usize) -> (Vec<f64>, Vec<f64>) {
-    let flags = env.path("flags.json");
+    use notify::{EventKind, Watcher};
+    let (tx, rx) = std::sync::mpsc::channel::<Instant>();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(ev) = res {
+            let renamed_in = matches!(
+                ev.kind,
+                EventKind::Modify(notify::event::ModifyKind::Name(_)) | EventKind::Create(_)
+            );
+            if renamed_in
+                && ev
+                    .paths
+                    .iter()
+                    .any(|p| p.file_name().is_some_and(|n| n == "flags.json"))
+            {
+                let _ = tx.send(Instant::now());
+            }
+        }
+    })
+    .expect("watcher");
+    watcher
+        .watch(env.dir.path(), notify::RecursiveMode::NonRecursive)
+        .expect("watch");
     let mut to_rename = Vec::new();
     let mut to_response = Vec::new();
     for i in 0..runs + 10 {
         let variant = if i % 2 == 0 { "off" } else { "on" };
         let body = sign(&payload(set_new_flow(variant)), &[env.key("alice")]);
-        let inode = std::fs::metadata(&flags).expect("flags").ino();
+        while rx.try_recv().is_ok() {}
         let url = format!("{}/v1/commands", agent.url);
         let start = Instant::now();
-        let poster = std::thread::spawn(move || {
-            let r = http_request("POST", &url, &body);
-            (start.elapsed(), r)
-        });
-        loop {
-            if std::fs::metadata(&flags).map(|m| m.ino()).unwrap_or(inode) != inode {
-                break;
-            }
-            assert!(start.elapsed() < Duration::from_secs(10), "flags file never renamed");
-        }
-        let renamed = start.elapsed();
-        let (responded, resp) = poster.join().expect("poster");
-        let (status, body) = resp.expect("response");
+        let (status, body) = http_request("POST", &url, &body).expect("response");
+        let responded = start.elapsed();
         assert_eq!(status, 202, "{}", String::from_utf8_lossy(&body));
-        let id = serde_json::from_slice::<Value>(&body).expect("json")["id"].as_str().expect("id").to_string();
+        let renamed = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("flags file renamed")
+            - start;
+        let id = serde_json::from_slice::<Value>(&body).expect("json")["id"]
+            .as_str()
+            .expect("id")
+            .to_string();
         wait_settled(agent, &id);
         if i >= 10 {
             to_rename.push(renamed.as_secs_f64() * 1000.0);
@@ -127,6 +153,8 @@ fn main() {
     let (rename, response) = measure_apply(&env, &agent, runs);
     drop(agent);
 
+    // Idle: a fresh agent with an empty journal.
+    let env = Env::new();
     let agent = env.start();
     let idle_wait = if quick { 2 } else { 10 };
     let settle = Instant::now();
@@ -148,7 +176,10 @@ fn main() {
         "peak_rss_kib": hwm,
     });
     if json_out {
-        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
         return;
     }
     let line = |name: &str, v: &Value| {
@@ -164,6 +195,13 @@ fn main() {
     line("ready (exec → /healthz)", &report["ready_ms"]);
     line("apply (POST → renamed)", &report["apply_post_to_rename_ms"]);
     line("apply (POST → 202)", &report["apply_post_to_202_ms"]);
-    println!("{:<28} {} KiB after {idle_wait}s (peak {hwm} KiB)", "idle RSS", rss);
-    println!("{:<28} {:.1} MiB ({size} bytes)", "binary size", size as f64 / 1048576.0);
+    println!(
+        "{:<28} {} KiB after {idle_wait}s (peak {hwm} KiB)",
+        "idle RSS", rss
+    );
+    println!(
+        "{:<28} {:.1} MiB ({size} bytes)",
+        "binary size",
+        size as f64 / 1048576.0
+    );
 }

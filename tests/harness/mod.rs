@@ -28,7 +28,9 @@ pub const FLAGS: &str = r#"{
 /// beside this test executable.
 pub fn bin() -> PathBuf {
     if let Some(p) = std::env::var_os("TOURNIQUET_BIN") {
-        return PathBuf::from(p);
+        let p = PathBuf::from(p);
+        // Tests run the binary from temp dirs, so a relative path must be made absolute.
+        return std::fs::canonicalize(&p).unwrap_or(p);
     }
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
@@ -305,14 +307,23 @@ impl Agent {
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     if let Ok(Some(status)) = child.try_wait() {
                         let err: Vec<String> = erx.try_iter().collect();
-                        panic!("agent exited with {status} before listening:\n{banner}\n{}", err.join("\n"));
+                        panic!(
+                            "agent exited with {status} before listening:\n{banner}\n{}",
+                            err.join("\n")
+                        );
                     }
-                    assert!(Instant::now() < deadline, "agent did not print its banner:\n{banner}");
+                    assert!(
+                        Instant::now() < deadline,
+                        "agent did not print its banner:\n{banner}"
+                    );
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     let _ = child.wait();
                     let err: Vec<String> = erx.try_iter().collect();
-                    panic!("agent closed stdout before listening:\n{banner}\n{}", err.join("\n"));
+                    panic!(
+                        "agent closed stdout before listening:\n{banner}\n{}",
+                        err.join("\n")
+                    );
                 }
             }
         }
@@ -533,9 +544,17 @@ impl FlagAwareService {
                 let variant = std::fs::read(&flags_path)
                     .ok()
                     .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-                    .and_then(|v| v["flags"][&flag]["defaultVariant"].as_str().map(String::from))
+                    .and_then(|v| {
+                        v["flags"][&flag]["defaultVariant"]
+                            .as_str()
+                            .map(String::from)
+                    })
                     .unwrap_or_default();
-                let (code, text) = if variant == bad { (500, "failing") } else { (200, "ok") };
+                let (code, text) = if variant == bad {
+                    (500, "failing")
+                } else {
+                    (200, "ok")
+                };
                 let resp = format!(
                     "HTTP/1.1 {code} {text}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
                     text.len()

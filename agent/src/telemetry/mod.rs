@@ -75,17 +75,28 @@ pub struct TelemetryReport {
 /// The declared probes, ready to sample.
 pub struct Probes {
     configs: BTreeMap<String, ProbeConfig>,
-    client: reqwest::Client,
+    /// Built on first use: most agents idle for days between samples.
+    client: std::sync::OnceLock<reqwest::Client>,
 }
 
 impl Probes {
     pub fn new(configs: BTreeMap<String, ProbeConfig>) -> Probes {
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .pool_max_idle_per_host(2)
-            .build()
-            .unwrap_or_default();
-        Probes { configs, client }
+        Probes {
+            configs,
+            client: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn client(&self) -> reqwest::Client {
+        self.client
+            .get_or_init(|| {
+                reqwest::Client::builder()
+                    .no_proxy()
+                    .pool_max_idle_per_host(2)
+                    .build()
+                    .unwrap_or_default()
+            })
+            .clone()
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -100,7 +111,7 @@ impl Probes {
     pub async fn sample(&self, names: &[String]) -> Vec<ProbeSummary> {
         let mut set = tokio::task::JoinSet::new();
         for (i, name) in names.iter().enumerate() {
-            let client = self.client.clone();
+            let client = self.client();
             let cfg = self.configs.get(name).cloned();
             let name = name.clone();
             set.spawn(async move {
