@@ -108,8 +108,10 @@ fn a_hotfix_that_makes_things_worse_is_rolled_back() {
     assert_eq!(env.variant("new_flow"), "on", "the flag is back");
     let t = &rec["telemetry"];
     assert_eq!(t["verdict"], "breach");
-    assert_eq!(t["before"][0]["success_ratio"], 1.0);
-    assert_eq!(t["after"][0]["success_ratio"], 0.0);
+    // The probe's value is its error ratio: 0 before, 1 once the flag broke it.
+    assert_eq!(t["before"][0]["value"], 0.0);
+    assert_eq!(t["after"][0]["value"], 1.0);
+    assert_eq!(t["checks"][0]["check"], "max_increase");
     assert_eq!(t["checks"][0]["verdict"], "breach");
     assert_eq!(rec["actions"][0]["reverted"], true);
     let (_, metrics) = http_request("GET", &format!("{}/metrics", agent.url), b"").unwrap();
@@ -134,8 +136,9 @@ fn a_hotfix_that_helps_is_kept_with_before_and_after_numbers() {
     let (code, out, err) = flag_set_cli(&env, &agent, &["--guard", "svc", "--bake", "50ms"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("kept"), "{out}");
-    assert!(out.contains("probe:     svc: before 0/3 ok"), "{out}");
-    assert!(out.contains("after 3/3 ok"), "{out}");
+    assert!(out.contains("probe:     svc: before 100.00% (0/3 ok"), "{out}");
+    assert!(out.contains("after 0.00% (3/3 ok"), "{out}");
+    assert!(out.contains("max_increase"), "the side-by-side check table: {out}");
     assert!(out.contains("on → off"), "{out}");
     assert_eq!(env.variant("new_flow"), "off");
 }
@@ -445,7 +448,7 @@ fn the_embedded_default_runs_the_quick_start() {
     assert!(stdout.contains("decision:  accepted"), "{stdout}");
     assert!(stdout.contains("new_checkout: on → off"), "{stdout}");
     assert!(
-        stdout.contains("probe:     self-health: before 3/3 ok"),
+        stdout.contains("probe:     self-health: before 0.00% (3/3 ok"),
         "{stdout}"
     );
     assert!(stdout.contains("hold:"), "{stdout}");
@@ -459,4 +462,90 @@ fn the_embedded_default_runs_the_quick_start() {
         .permissions()
         .mode();
     assert_eq!(key_mode & 0o777, 0o600);
+}
+
+/// Edits the flags file behind the agent's back, putting new_flow back on.
+fn edit_behind_the_agents_back(env: &Env, by_rename: bool, n: usize) {
+    let text = String::from_utf8(env.flags_bytes()).unwrap();
+    let mut doc: Value = serde_json::from_str(&text).unwrap();
+    doc["flags"]["new_flow"]["defaultVariant"] = json!("on");
+    let bytes = serde_json::to_vec_pretty(&doc).unwrap();
+    if by_rename {
+        let tmp = env.path(&format!(".flags.json.deploy{n}"));
+        std::fs::write(&tmp, &bytes).unwrap();
+        std::fs::rename(&tmp, env.path("flags.json")).unwrap();
+    } else {
+        std::fs::write(env.path("flags.json"), &bytes).unwrap();
+    }
+}
+
+fn drift_count(env: &Env, id: &str) -> usize {
+    env.audit_entries()
+        .iter()
+        .filter(|e| e["event"] == "drifted" && e["command"] == id)
+        .count()
+}
+
+#[test]
+fn drift_is_reasserted_in_place_and_across_five_renames() {
+    let env = Env::new();
+    let agent = env.start();
+    let (code, out, err) = flag_set_cli(&env, &agent, &["--hold", "1h", "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let id = id_from_json(&out);
+    let mut expected = 0;
+    for (round, by_rename) in [false, false, false, false, false, true, true, true, true, true]
+        .into_iter()
+        .enumerate()
+    {
+        edit_behind_the_agents_back(&env, by_rename, round);
+        expected += 1;
+        wait_for(
+            &format!("re-assertion #{} ({})", round + 1, if by_rename { "rename" } else { "in place" }),
+            Duration::from_secs(10),
+            || (drift_count(&env, &id) >= expected && env.variant("new_flow") == "off").then_some(()),
+        );
+        expected = drift_count(&env, &id);
+    }
+    let entry = env
+        .audit_entries()
+        .into_iter()
+        .rfind(|e| e["event"] == "drifted")
+        .unwrap();
+    assert_eq!(entry["detail"]["outcome"], "reasserted");
+    assert_eq!(entry["detail"]["found"]["defaultVariant"], "on");
+    assert_eq!(entry["detail"]["expected"]["defaultVariant"], "off");
+    let (_, metrics) = http_request("GET", &format!("{}/metrics", agent.url), b"").unwrap();
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains("tourniquet_drift_events_total{resource=\"checkout-flags\"}"),
+        "{metrics}"
+    );
+    let (_, rec) = get_json(&agent, &format!("/v1/commands/{id}"));
+    assert!(!rec["drifts"].as_array().unwrap().is_empty());
+    // Our own revert is not drift.
+    let before = drift_count(&env, &id);
+    let (code, _, err) = env.cli(&["revert", &id, "--reason", "done", "--key", "alice_ed25519", "--send", &agent.url]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(env.variant("new_flow"), "on");
+    assert_eq!(drift_count(&env, &id), before);
+}
+
+#[test]
+fn a_report_only_resource_records_drift_and_leaves_it() {
+    let env = Env::new();
+    let config = env
+        .default_config()
+        .replace("[resources.checkout-flags]\n", "[resources.checkout-flags]\non_drift = \"report\"\n");
+    env.write_config(&config);
+    let agent = env.start();
+    let (code, out, err) = flag_set_cli(&env, &agent, &["--hold", "1h", "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let id = id_from_json(&out);
+    edit_behind_the_agents_back(&env, true, 0);
+    wait_for("drift reported", Duration::from_secs(10), || (drift_count(&env, &id) >= 1).then_some(()));
+    assert_eq!(env.variant("new_flow"), "on", "report-only leaves the change");
+    let entry = env.audit_entries().into_iter().rfind(|e| e["event"] == "drifted").unwrap();
+    assert_eq!(entry["detail"]["outcome"], "reported");
+    drop(agent);
 }

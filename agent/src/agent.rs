@@ -67,6 +67,7 @@ pub async fn run(cfg: AgentConfig, dev_mode: bool) -> Result<(), String> {
             Resource {
                 provider,
                 default_guard: r.guard.clone(),
+                on_drift: r.on_drift,
             },
         );
     }
@@ -97,6 +98,7 @@ pub async fn run(cfg: AgentConfig, dev_mode: bool) -> Result<(), String> {
     // Taken before any transport starts: what arrives from now on is live.
     let pending = lc.unsettled();
     let _policy_watch = watch_policy(lc.clone(), cfg.agent.policy.clone())?;
+    let _drift_watches = watch_drift(&lc)?;
 
     // Bind before anything slow so readiness is immediate.
     let listener = if cfg.api.enabled {
@@ -240,6 +242,43 @@ fn watch_policy(
         }
     });
     Ok(watcher)
+}
+
+/// Watches every local resource for drift: a file by its directory (so
+/// renames never blind the watch), anything else by a periodic snapshot.
+fn watch_drift(lc: &Arc<Lifecycle>) -> Result<Vec<notify::RecommendedWatcher>, String> {
+    let mut watchers = Vec::new();
+    for (name, res) in lc.resources() {
+        let name = name.clone();
+        match res.provider.watched_path() {
+            Some(path) => {
+                let dir = transport::watch::parent_dir(path);
+                let file = path.file_name().map(|n| n.to_owned());
+                let (watcher, mut events) = transport::watch::watch_dir(&dir)
+                    .map_err(|e| format!("watching {}: {e}", dir.display()))?;
+                watchers.push(watcher);
+                let lc = lc.clone();
+                tokio::spawn(async move {
+                    while let Some(p) = events.recv().await {
+                        if p.file_name() == file.as_deref() {
+                            lc.check_drift(&name).await;
+                        }
+                    }
+                });
+            }
+            None => {
+                let lc = lc.clone();
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(Duration::from_secs(30));
+                    loop {
+                        tick.tick().await;
+                        lc.check_drift(&name).await;
+                    }
+                });
+            }
+        }
+    }
+    Ok(watchers)
 }
 
 fn reload_policy_if_changed(lc: &Lifecycle, path: &Path) {

@@ -7,12 +7,11 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::Deserialize;
 use tourniquet_providers::ResourceConfig;
 
-use crate::payload::{Guard, HumanDuration};
+use crate::payload::Guard;
 
 /// Why a config was refused.
 #[derive(Debug, thiserror::Error)]
@@ -124,46 +123,25 @@ pub struct ResourceEntry {
     /// a one-line `flag set` is still guarded.
     #[serde(default)]
     pub guard: Option<Guard>,
+    /// What to do when a hotfix in force is changed back behind the agent's
+    /// back (a deploy, a hand edit): `reassert` it (default) or only `report`.
+    #[serde(default)]
+    pub on_drift: OnDrift,
     /// The provider kind (`kind = "flags-file"`) and its own fields.
     #[serde(flatten)]
     pub provider: ResourceConfig,
 }
 
-/// `[probes.NAME]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "kind", deny_unknown_fields)]
-pub enum ProbeConfig {
-    /// N GETs of a URL: success ratio and p50/p99 latency.
-    #[serde(rename = "http")]
-    Http(HttpProbeConfig),
+/// Drift policy of a resource.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnDrift {
+    #[default]
+    Reassert,
+    Report,
 }
 
-/// An `http` probe.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpProbeConfig {
-    /// An http(s) URL of the local service, e.g. its health endpoint.
-    pub url: String,
-    /// Requests per sample window.
-    #[serde(default = "default_samples")]
-    pub samples: u32,
-    /// Pause between requests.
-    #[serde(default = "default_interval")]
-    pub interval: HumanDuration,
-    /// Per-request timeout; a timed-out request counts as a failure.
-    #[serde(default = "default_timeout")]
-    pub timeout: HumanDuration,
-}
-
-fn default_samples() -> u32 {
-    5
-}
-fn default_interval() -> HumanDuration {
-    HumanDuration(Duration::from_millis(200))
-}
-fn default_timeout() -> HumanDuration {
-    HumanDuration(Duration::from_secs(2))
-}
+pub use crate::telemetry::{HttpProbeConfig, ProbeConfig};
 
 /// Formats a TOML error as `FILE:LINE:COL: message`.
 pub fn toml_error(origin: &str, text: &str, err: &toml::de::Error) -> String {
@@ -319,28 +297,8 @@ impl AgentConfig {
                     "names must be 1-64 of [A-Za-z0-9._-]".into(),
                 ));
             }
-            match p {
-                ProbeConfig::Http(h) => {
-                    if !(h.url.starts_with("http://") || h.url.starts_with("https://")) {
-                        return Err(invalid(
-                            format!("probes.{name}.url"),
-                            "must be an http:// or https:// URL".into(),
-                        ));
-                    }
-                    if reqwest::Url::parse(&h.url).is_err() {
-                        return Err(invalid(
-                            format!("probes.{name}.url"),
-                            format!("{:?} does not parse", h.url),
-                        ));
-                    }
-                    if h.samples == 0 || h.samples > 1000 {
-                        return Err(invalid(
-                            format!("probes.{name}.samples"),
-                            "must be 1 to 1000".into(),
-                        ));
-                    }
-                }
-            }
+            p.validate()
+                .map_err(|(field, why)| invalid(format!("probes.{name}.{field}"), why))?;
         }
         Ok(())
     }

@@ -31,7 +31,7 @@ use crate::policy::{Policy, MAX_ENVELOPE_BYTES};
 use crate::receipt::{self, AgentRef, Receipt};
 use crate::record::{ActionRecord, CommandRecord, State};
 use crate::rejection::{Reason, Rejection};
-use crate::telemetry::{self, Probes, TelemetryReport, Verdict};
+use crate::telemetry::{self, Probes, Verdict};
 
 /// Environment variable naming a state after which a debug build aborts,
 /// for crash-safety tests. Ignored by release builds.
@@ -41,6 +41,7 @@ pub const FAULT_ENV: &str = "TOURNIQUET_FAULT_AFTER";
 pub struct Resource {
     pub provider: Box<dyn Provider>,
     pub default_guard: Option<Guard>,
+    pub on_drift: crate::config::OnDrift,
 }
 
 /// Who this agent is.
@@ -334,6 +335,7 @@ impl Lifecycle {
             reason: None,
             message: None,
             timeline: Vec::new(),
+            drifts: Vec::new(),
             receipts: Vec::new(),
             related: None,
         };
@@ -549,6 +551,13 @@ impl Lifecycle {
                     ));
                 }
             }
+            let checks = telemetry::effective_checks(g, |p| self.probes.get(p).map(|c| c.unit()));
+            if let Some(p) = g.probes.iter().find(|p| !checks.iter().any(|c| &c.probe == *p)) {
+                return Err(Rejection::new(
+                    Reason::InvalidAction,
+                    format!("guard probe {p:?} is not a ratio; give it a check (max, min, max_increase or max_decrease)"),
+                ));
+            }
         }
         Ok(())
     }
@@ -654,7 +663,7 @@ impl Lifecycle {
         let guard = rec.guard.clone();
         let mut report = rec.telemetry.clone().unwrap_or_default();
         if let Some(g) = &guard {
-            report.before = self.probes.sample(&g.probes).await;
+            report.before = self.probes.sample(&g.probes, g.before.map(|b| b.0)).await;
         }
         rec.telemetry = guard.as_ref().map(|_| report.clone());
         self.step(&mut rec, State::Sampled, None, false);
@@ -776,29 +785,53 @@ impl Lifecycle {
     /// Bakes (if guarded), judges, and settles as kept or rolled back.
     /// `elapsed` is bake time already served before a restart.
     async fn bake_and_settle(self: &Arc<Self>, mut rec: CommandRecord, elapsed: Duration) {
+        let mut paused = false;
         if let Some(g) = rec.guard.clone() {
             let bake = g.bake.map(|b| b.0).unwrap_or_default();
+            let interval = g.interval.map(|i| i.0).unwrap_or(Duration::from_secs(1));
             self.step(
                 &mut rec,
                 State::Baking,
                 Some(format!("bake {}", humantime::format_duration(bake))),
                 false,
             );
-            tokio::time::sleep(bake.saturating_sub(elapsed)).await;
-            let mut report: TelemetryReport = rec.telemetry.clone().unwrap_or_default();
-            report.after = self.probes.sample(&g.probes).await;
-            let (checks, verdict) = telemetry::evaluate(&g, &report.before, &report.after);
-            report.checks = checks;
-            report.verdict = Some(verdict);
+            let checks = telemetry::effective_checks(&g, |p| self.probes.get(p).map(|c| c.unit()));
+            let mut judgement = telemetry::Judgement::new(&g, checks, rec.telemetry.clone().unwrap_or_default());
+            let deadline = tokio::time::Instant::now() + bake.saturating_sub(elapsed);
+            let breach_seen = std::time::Instant::now();
+            loop {
+                let samples = self.probes.sample(&g.probes, None).await;
+                let abort = judgement.push(samples);
+                // Keep the journal's view current so a restart resumes with
+                // what was measured so far.
+                rec.telemetry = Some(judgement.report.clone());
+                if abort {
+                    tracing::warn!(command = %rec.id, after_ms = breach_seen.elapsed().as_millis() as u64, "guard: consecutive breaches, aborting the bake");
+                    break;
+                }
+                let now = tokio::time::Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                tokio::time::sleep_until(deadline.min(now + interval)).await;
+            }
+            let report = judgement.finish();
+            let verdict = report.verdict.unwrap_or(Verdict::Inconclusive);
             rec.telemetry = Some(report);
-            if verdict == Verdict::Breach && g.on_breach == OnBreach::Rollback {
+            let roll_back = match verdict {
+                Verdict::Breach => g.on_breach == OnBreach::Rollback,
+                Verdict::Inconclusive => g.on_inconclusive == crate::payload::OnInconclusive::Rollback,
+                Verdict::Pass => false,
+            };
+            if roll_back {
                 let _lock = self.apply_lock.lock().await;
                 let errors = self.revert_actions(&mut rec).await;
                 self.metrics.rollbacks.inc();
+                let why = if verdict == Verdict::Breach { "guard breached" } else { "guard inconclusive" };
                 let note = if errors.is_empty() {
-                    "guard breached: rolled back".to_string()
+                    format!("{why}: rolled back")
                 } else {
-                    format!("guard breached; rollback incomplete: {}", errors.join("; "))
+                    format!("{why}; rollback incomplete: {}", errors.join("; "))
                 };
                 self.settle(&mut rec, State::RolledBack, Some(note));
                 return;
@@ -806,17 +839,20 @@ impl Lifecycle {
             if verdict == Verdict::Inconclusive {
                 tracing::warn!(command = %rec.id, "guard inconclusive: keeping the change");
             }
+            paused = verdict == Verdict::Breach && g.on_breach == OnBreach::Pause;
         }
         let hold = rec.payload.as_ref().and_then(|p| p.hold);
         rec.hold_until = hold.map(|h| now().plus(h.0));
         let note = rec.telemetry.as_ref().and_then(|t| t.verdict).map(|v| {
-            format!(
-                "guard verdict: {}",
-                serde_json::to_value(v)
-                    .ok()
-                    .and_then(|v| v.as_str().map(String::from))
-                    .unwrap_or_default()
-            )
+            let v = serde_json::to_value(v)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default();
+            if paused {
+                format!("guard verdict: {v}; paused for an operator (on_breach = pause)")
+            } else {
+                format!("guard verdict: {v}")
+            }
         });
         self.settle(&mut rec, State::Kept, note);
         if rec.hold_until.is_some() {
@@ -979,6 +1015,83 @@ impl Lifecycle {
             json!({"found": rec.state.as_str(), "action": what}),
             true,
         );
+    }
+
+    /// Compares every hotfix in force on `resource` with what the resource
+    /// holds now. A difference is drift: recorded in the audit log and the
+    /// metrics, and re-asserted unless the resource only reports.
+    pub async fn check_drift(&self, resource: &str) {
+        let Some(res) = self.resources.get(resource) else { return };
+        // Serialises with apply and revert: our own writes are never drift.
+        let _lock = self.apply_lock.lock().await;
+        for mut rec in self.active() {
+            let mut changed = false;
+            for i in 0..rec.actions.len() {
+                let a = &rec.actions[i];
+                if a.resource != resource || !a.applied || a.reverted {
+                    continue;
+                }
+                let spec = spec_of(a);
+                let Some(expected) = a.after.clone() else { continue };
+                // A half-written file is not a verdict; the next event is.
+                let Ok(found) = res.provider.snapshot(&spec).await else { continue };
+                if found == expected {
+                    continue;
+                }
+                let reassert = res.on_drift == crate::config::OnDrift::Reassert;
+                // Report-only: the same drift is reported once, not on every touch.
+                if !reassert
+                    && rec
+                        .drifts
+                        .last()
+                        .is_some_and(|d| d.resource == resource && d.found == found)
+                {
+                    continue;
+                }
+                self.metrics.count_drift(resource);
+                tracing::warn!(command = %rec.id, resource, "drift: the resource no longer holds the hotfix");
+                let outcome = if reassert {
+                    match res.provider.apply(&spec).await {
+                        Ok(after) => {
+                            rec.actions[i].after = Some(after);
+                            "reasserted".to_string()
+                        }
+                        Err(e) => format!("reassert failed: {e}"),
+                    }
+                } else {
+                    "reported".to_string()
+                };
+                let event = crate::record::DriftEvent {
+                    at: now(),
+                    resource: resource.to_string(),
+                    expected,
+                    found,
+                    outcome: outcome.clone(),
+                };
+                rec.drifts.push(event.clone());
+                if rec.drifts.len() > crate::record::MAX_DRIFT_EVENTS {
+                    rec.drifts.remove(0);
+                }
+                let mut inner = self.lock_inner();
+                let _ = inner.audit.append(
+                    "drifted",
+                    Some(&rec.id),
+                    Some(&rec.envelope_sha256),
+                    serde_json::to_value(&event).unwrap_or(Value::Null),
+                    true,
+                );
+                changed = true;
+            }
+            if changed {
+                let mut inner = self.lock_inner();
+                if let Err(e) = inner.journal.append(&rec, true) {
+                    tracing::error!(command = %rec.id, error = %e, "cannot write the journal");
+                }
+                inner.records.insert(rec.id.clone(), rec.clone());
+                drop(inner);
+                self.changed.send_modify(|n| *n += 1);
+            }
+        }
     }
 
     /// Forgets settled records whose ids no longer need replay protection.

@@ -24,6 +24,12 @@ pub struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResourceLabels {
+    /// A resource name from the config: bounded by the config.
+    pub resource: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: String,
 }
@@ -37,6 +43,7 @@ pub struct Metrics {
     pub active_hotfixes: Gauge,
     pub rollbacks: Counter,
     pub receipt_backlog: Gauge,
+    pub drifts: Family<ResourceLabels, Counter>,
 }
 
 impl Metrics {
@@ -84,6 +91,12 @@ impl Metrics {
             "Receipts not yet delivered to a fleet transport",
             receipt_backlog.clone(),
         );
+        let drifts = Family::<ResourceLabels, Counter>::default();
+        registry.register(
+            "drift_events",
+            "Hotfixes found changed back behind the agent's back, by resource",
+            drifts.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -100,7 +113,16 @@ impl Metrics {
             active_hotfixes,
             rollbacks,
             receipt_backlog,
+            drifts,
         }
+    }
+
+    pub fn count_drift(&self, resource: &str) {
+        self.drifts
+            .get_or_create(&ResourceLabels {
+                resource: resource.into(),
+            })
+            .inc();
     }
 
     pub fn count_command(&self, reason: Option<&str>) {

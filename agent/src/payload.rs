@@ -140,46 +140,134 @@ pub struct Target {
     pub agents: Vec<String>,
 }
 
-/// A guard: probe before, bake, probe after, act on a breach.
+/// A guard: sample before, bake while sampling, act on a breach.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Guard {
     /// Probe names declared in the agent config.
     pub probes: Vec<String>,
-    /// How long to wait after apply before the after-sample.
+    /// How long the change bakes, sampled round after round.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bake: Option<HumanDuration>,
+    /// How long the before-window is, sampled before apply. Default: each
+    /// probe's own window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<HumanDuration>,
+    /// Pause between bake rounds. Default 1s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<HumanDuration>,
     #[serde(default)]
     pub on_breach: OnBreach,
-    /// Thresholds; with none, a probe breaches when its success ratio falls.
+    /// What an inconclusive bake does. Default: keep, with a warning.
+    #[serde(default)]
+    pub on_inconclusive: OnInconclusive,
+    /// Breaching rounds tolerated before the verdict is a breach (Argo
+    /// Rollouts' failureLimit). Default 1. Two breaching rounds in a row
+    /// always abort at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_limit: Option<u32>,
+    /// Thresholds. A ratio probe with none must not rise above its before.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<Check>,
 }
 
-/// What to do when the after-sample breaches a check.
+/// What to do when the guard breaches.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnBreach {
+    /// Revert the change at once.
     #[default]
     Rollback,
+    /// Keep it, and say so in the receipt.
     Keep,
+    /// Keep it, and mark it paused for an operator to decide; fleet waves
+    /// stop here.
+    Pause,
 }
 
-/// One threshold on one probe. Percentages are strings (`"99%"`): payloads
-/// carry no floats.
+/// What to do when the guard could not tell.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnInconclusive {
+    #[default]
+    Keep,
+    Rollback,
+}
+
+/// One threshold on one probe's value. Thresholds are strings (`"0.5%"`,
+/// `"400ms"`, `"12.5"`): payloads carry no floats.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Check {
     pub probe: String,
-    /// The after success ratio must be at least this.
+    /// The after value must be at most this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub min_success: Option<Percent>,
-    /// The after success ratio may fall at most this far below before.
+    pub max: Option<Threshold>,
+    /// The after value must be at least this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_success_drop: Option<Percent>,
-    /// The after p99 latency must be at most this.
+    pub min: Option<Threshold>,
+    /// The after value may exceed the before value by at most this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_p99: Option<HumanDuration>,
+    pub max_increase: Option<Threshold>,
+    /// The after value may fall below the before value by at most this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_decrease: Option<Threshold>,
+}
+
+/// A threshold: `"0.5%"` (a ratio, 0.005), `"400ms"` (seconds, 0.4), or a
+/// plain decimal `"12.5"`. Kept with its text for receipts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Threshold {
+    pub value: f64,
+    pub text: String,
+}
+
+impl Threshold {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let t = text.trim();
+        let value = if t.ends_with('%') {
+            f64::from(Percent::parse(t)?.0) / 10_000.0
+        } else if let Some(v) = parse_decimal(t) {
+            v
+        } else {
+            humantime::parse_duration(t)
+                .map(|d| d.as_secs_f64())
+                .map_err(|_| format!("{text:?} is not a threshold like \"0.5%\", \"400ms\" or \"12.5\""))?
+        };
+        Ok(Threshold {
+            value,
+            text: t.to_string(),
+        })
+    }
+}
+
+/// A plain non-negative decimal: digits, optionally one dot and digits.
+fn parse_decimal(t: &str) -> Option<f64> {
+    let (whole, frac) = t.split_once('.').unwrap_or((t, ""));
+    let digits = |s: &str| s.chars().all(|c| c.is_ascii_digit());
+    if whole.is_empty() || !digits(whole) || !digits(frac) || (t.contains('.') && frac.is_empty()) {
+        return None;
+    }
+    t.parse().ok()
+}
+
+impl fmt::Display for Threshold {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl Serialize for Threshold {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
+impl<'de> Deserialize<'de> for Threshold {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Threshold::parse(&s).map_err(de::Error::custom)
+    }
 }
 
 /// A percentage written as `"99.5%"`, held in basis points (1/100 of a %).
@@ -491,6 +579,16 @@ mod tests {
         assert!(Payload::parse(bad_id.as_bytes())
             .unwrap_err()
             .contains("ULID"));
+    }
+
+    #[test]
+    fn thresholds_parse_by_shape() {
+        assert_eq!(Threshold::parse("0.5%").unwrap().value, 0.005);
+        assert_eq!(Threshold::parse("400ms").unwrap().value, 0.4);
+        assert_eq!(Threshold::parse("12.5").unwrap().value, 12.5);
+        assert_eq!(Threshold::parse("3").unwrap().value, 3.0);
+        assert!(Threshold::parse("fast").is_err());
+        assert!(Threshold::parse("1.").is_err());
     }
 
     #[test]

@@ -95,6 +95,22 @@ pub struct ActionRecord {
     pub error: Option<String>,
 }
 
+/// Most drift events kept per command.
+pub const MAX_DRIFT_EVENTS: usize = 20;
+
+/// The resource was changed back behind the agent's back.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DriftEvent {
+    pub at: Timestamp,
+    pub resource: String,
+    /// What the hotfix had put there.
+    pub expected: Value,
+    /// What was found instead.
+    pub found: Value,
+    /// `reasserted`, `reported`, or why re-asserting failed.
+    pub outcome: String,
+}
+
 /// One step of the timeline.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Transition {
@@ -137,6 +153,9 @@ pub struct CommandRecord {
     pub message: Option<String>,
     #[serde(default)]
     pub timeline: Vec<Transition>,
+    /// Drift seen while the hotfix was in force, oldest first (bounded).
+    #[serde(default)]
+    pub drifts: Vec<DriftEvent>,
     /// Receipt file names, oldest first.
     #[serde(default)]
     pub receipts: Vec<String>,

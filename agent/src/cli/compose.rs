@@ -77,6 +77,10 @@ fn compose(common: &Common, actions: Vec<Action>) -> Result<Payload, Failure> {
                 .map(HumanDuration::parse)
                 .transpose()
                 .map_err(|e| Failure::error(format!("--bake: {e}")))?,
+            before: None,
+            interval: None,
+            on_inconclusive: Default::default(),
+            failure_limit: None,
             on_breach: if common.keep_on_breach {
                 OnBreach::Keep
             } else {

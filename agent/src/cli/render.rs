@@ -25,16 +25,29 @@ fn state_text(v: &Value) -> String {
     }
 }
 
-fn summary_text(v: &Value) -> String {
-    let ok = v.get("ok").and_then(Value::as_u64).unwrap_or(0);
-    let n = v.get("samples").and_then(Value::as_u64).unwrap_or(0);
-    let ms = |k: &str| {
-        v.get(k)
-            .and_then(Value::as_f64)
-            .map(|x| format!("{x:.1}ms"))
-            .unwrap_or("-".into())
+/// A probe value in its unit: ratios as %, seconds as ms.
+fn value_text(v: Option<f64>, unit: &str) -> String {
+    match (v, unit) {
+        (None, _) => "n/a".into(),
+        (Some(x), "ratio") => format!("{:.2}%", x * 100.0),
+        (Some(x), "seconds") => format!("{:.1}ms", x * 1000.0),
+        (Some(x), _) => format!("{x:.3}"),
+    }
+}
+
+/// One probe sample: its value, plus the http detail when there is one.
+fn sample_text(v: &Value) -> String {
+    let value = value_text(v.get("value").and_then(Value::as_f64), s(v, "unit"));
+    let d = v.get("detail").unwrap_or(&Value::Null);
+    let extra = match (d.get("ok").and_then(Value::as_u64), d.get("requests").and_then(Value::as_u64)) {
+        (Some(ok), Some(n)) => {
+            let p99 = d.get("p99_ms").and_then(Value::as_f64).map(|x| format!(", p99 {x:.1}ms")).unwrap_or_default();
+            format!(" ({ok}/{n} ok{p99})")
+        }
+        _ => String::new(),
     };
-    format!("{ok}/{n} ok, p50 {}, p99 {}", ms("p50_ms"), ms("p99_ms"))
+    let note = v.get("note").and_then(Value::as_str).map(|n| format!(" [{n}]")).unwrap_or_default();
+    format!("{value}{extra}{note}")
 }
 
 /// One command record (as GET /v1/commands/ID returns it).
@@ -107,49 +120,44 @@ pub fn record(r: &Value) -> String {
         ));
     }
     if let Some(t) = r.get("telemetry").filter(|t| !t.is_null()) {
-        let before = t
-            .get("before")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        let after = t
-            .get("after")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
+        let list = |k: &str| t.get(k).and_then(Value::as_array).cloned().unwrap_or_default();
+        let (before, after) = (list("before"), list("after"));
         for b in &before {
             let name = s(b, "probe");
             let a = after.iter().find(|a| s(a, "probe") == name);
             out.push_str(&format!(
                 "  probe:     {name}: before {} | after {}\n",
-                summary_text(b),
-                a.map(summary_text).unwrap_or_else(|| "-".into())
+                sample_text(b),
+                a.map(sample_text).unwrap_or_else(|| "-".into())
             ));
         }
-        for c in t
-            .get("checks")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let f = |k: &str| {
-                c.get(k)
-                    .and_then(Value::as_f64)
-                    .map(|x| format!("{x:.3}"))
-                    .unwrap_or("-".into())
-            };
+        let checks = list("checks");
+        if !checks.is_empty() {
             out.push_str(&format!(
-                "  check:     {} {} {}: before {} after {} → {}\n",
-                s(c, "probe"),
-                s(c, "metric"),
-                s(c, "threshold"),
-                f("before"),
-                f("after"),
-                s(c, "verdict")
+                "  {:<16} {:<13} {:<10} {:>10} {:>10}  {}\n",
+                "PROBE", "CHECK", "THRESHOLD", "BEFORE", "AFTER", "VERDICT"
             ));
+            for c in &checks {
+                let unit = s(c, "unit");
+                out.push_str(&format!(
+                    "  {:<16} {:<13} {:<10} {:>10} {:>10}  {}\n",
+                    s(c, "probe"),
+                    s(c, "check"),
+                    s(c, "threshold"),
+                    value_text(c.get("before").and_then(Value::as_f64), unit),
+                    value_text(c.get("after").and_then(Value::as_f64), unit),
+                    s(c, "verdict")
+                ));
+            }
         }
         if let Some(v) = t.get("verdict").and_then(Value::as_str) {
-            out.push_str(&format!("  verdict:   {v}\n"));
+            let rounds = t.get("rounds").and_then(Value::as_array).map(Vec::len).unwrap_or(0);
+            let aborted = if t.get("early_abort").and_then(Value::as_bool) == Some(true) {
+                ", aborted early"
+            } else {
+                ""
+            };
+            out.push_str(&format!("  verdict:   {v} after {rounds} bake round(s){aborted}\n"));
         }
     }
     if let Some(left) = r.get("hold_left_s").and_then(Value::as_u64) {
