@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tokio::sync::{watch, OwnedMutexGuard};
+use tracing::Instrument;
 use tourniquet_providers::{Provider, ProviderError};
 
 use crate::audit::AuditLog;
@@ -351,7 +352,8 @@ impl Lifecycle {
             return self.reject(rec, rejection);
         }
         self.step(&mut rec, State::Received, None, false);
-        self.process(rec).await
+        let span = tracing::info_span!("command", envelope = %&rec.envelope_sha256[..16]);
+        self.process(rec).instrument(span).await
     }
 
     fn reject(&self, mut rec: CommandRecord, rejection: Rejection) -> Submission {
@@ -442,7 +444,8 @@ impl Lifecycle {
         self.step(&mut rec, State::Journaled, None, true);
         let id = rec.id.clone();
         let this = self.clone();
-        tokio::spawn(async move { this.execute(rec, lock).await });
+        let span = tracing::info_span!("command", id = %id);
+        tokio::spawn(async move { this.execute(rec, lock).await }.instrument(span));
         Submission::Accepted {
             id,
             state: State::Journaled,
@@ -863,6 +866,7 @@ impl Lifecycle {
     /// Reverts `id` when its hold runs out.
     fn arm_hold(self: &Arc<Self>, id: String) {
         let this = self.clone();
+        let span = tracing::info_span!("hold", id = %id);
         tokio::spawn(async move {
             loop {
                 let Some(rec) = this.record(&id) else { return };
@@ -882,7 +886,7 @@ impl Lifecycle {
                     }
                 }
             }
-        });
+        }.instrument(span));
     }
 
     /// Reverts an active command's effect and settles it as `reverted`.
