@@ -137,6 +137,74 @@ fn measure_apply(env: &Env, agent: &Agent, runs: usize) -> (Vec<f64>, Vec<f64>) 
     (to_rename, to_response)
 }
 
+/// CPU seconds (user + system) the process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) / hz.max(1.0)
+}
+
+/// Sampling overhead: a guarded command baking with 3 http probes at 1 s
+/// intervals; the agent's CPU share and RSS while it bakes. Then early
+/// abort: how long from the breaching apply to the rollback.
+fn measure_guard(bake_s: u64) -> Value {
+    let env = Env::new();
+    let healthy = FlagAwareService::start(env.path("flags.json"), "dark_mode", "never");
+    let broken = FlagAwareService::start(env.path("flags.json"), "new_flow", "off");
+    let mut config = env.default_config();
+    for (i, svc) in [&healthy, &healthy, &healthy].iter().enumerate() {
+        config.push_str(&svc.probe_config(&format!("p{i}")).replace("interval = \"20ms\"", "interval = \"1s\""));
+    }
+    config.push_str(&broken.probe_config("broken"));
+    env.write_config(&config);
+    let agent = env.start();
+    let pid = agent.child.id();
+    let mut p = payload(set_new_flow("on"));
+    p["guard"] = json!({"probes": ["p0", "p1", "p2"], "bake": format!("{bake_s}s"), "interval": "1s"});
+    let (status, body) = post_command(&agent, &sign(&p, &[env.key("alice")]));
+    assert_eq!(status, 202, "{body}");
+    let id = body["id"].as_str().expect("id").to_string();
+    wait_state(&agent, &id, |r| r["state"] == "baking");
+    let (cpu0, t0) = (cpu_seconds(pid), Instant::now());
+    let mut rss_max = 0;
+    let rec = wait_for("bake to finish", Duration::from_secs(bake_s + 60), || {
+        rss_max = rss_max.max(rss_kib(pid).0);
+        let (_, v) = get_json(&agent, &format!("/v1/commands/{id}?wait=1s"));
+        (v["settled"] == json!(true)).then_some(v)
+    });
+    let cpu = cpu_seconds(pid) - cpu0;
+    let wall = t0.elapsed().as_secs_f64();
+
+    // Early abort: new_flow=off breaks the `broken` probe's service.
+    let mut p = payload(set_new_flow("off"));
+    p["guard"] = json!({"probes": ["broken"], "bake": "60s", "interval": "200ms"});
+    let (_, body) = post_command(&agent, &sign(&p, &[env.key("alice")]));
+    let id = body["id"].as_str().expect("id").to_string();
+    let rb = wait_state(&agent, &id, |r| r["settled"] == json!(true));
+    let at = |state: &str| {
+        rb["timeline"]
+            .as_array()
+            .and_then(|t| t.iter().find(|e| e["state"] == state))
+            .and_then(|e| e["at"].as_str())
+            .and_then(|s| humantime::parse_rfc3339(s).ok())
+    };
+    let abort_ms = match (at("applied"), at("rolled_back")) {
+        (Some(a), Some(r)) => r.duration_since(a).map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0),
+        _ => -1.0,
+    };
+    json!({
+        "bake_s": bake_s,
+        "kept_state": rec["state"],
+        "cpu_percent_while_baking": cpu / wall * 100.0,
+        "rss_kib_while_baking_max": rss_max,
+        "early_abort": {"state": rb["state"], "applied_to_rolled_back_ms": abort_ms, "rounds": rb["telemetry"]["rounds"].as_array().map(Vec::len)},
+    })
+}
+
 fn main() {
     let json_out = std::env::args().any(|a| a == "--json");
     let quick = std::env::args().any(|a| a == "--quick");
@@ -164,6 +232,8 @@ fn main() {
     let (rss, hwm) = rss_kib(agent.child.id());
     drop(agent);
 
+    let guard = measure_guard(if quick { 3 } else { 20 });
+
     let size = std::fs::metadata(&bin_path).map(|m| m.len()).unwrap_or(0);
     let report = json!({
         "binary": bin_path.display().to_string(),
@@ -174,6 +244,7 @@ fn main() {
         "idle_rss_kib": rss,
         "idle_wait_s": idle_wait,
         "peak_rss_kib": hwm,
+        "guard": guard,
     });
     if json_out {
         println!(
@@ -203,5 +274,19 @@ fn main() {
         "{:<28} {:.1} MiB ({size} bytes)",
         "binary size",
         size as f64 / 1048576.0
+    );
+    let g = &report["guard"];
+    println!(
+        "{:<28} {:.2}% CPU, max RSS {} KiB (3 http probes at 1s, {}s bake)",
+        "baking overhead",
+        g["cpu_percent_while_baking"].as_f64().unwrap_or(0.0),
+        g["rss_kib_while_baking_max"],
+        g["bake_s"]
+    );
+    println!(
+        "{:<28} {:.0} ms from applied to rolled back ({} rounds)",
+        "early abort",
+        g["early_abort"]["applied_to_rolled_back_ms"].as_f64().unwrap_or(-1.0),
+        g["early_abort"]["rounds"]
     );
 }

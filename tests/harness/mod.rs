@@ -33,8 +33,12 @@ pub fn bin() -> PathBuf {
         return std::fs::canonicalize(&p).unwrap_or(p);
     }
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let path = dir.join("tourniquet");
+    // Test executables live in target/<profile>/deps, binaries one level up.
+    let dir = exe.parent().expect("exe dir");
+    let path = [dir.join("tourniquet"), dir.parent().map(|d| d.join("tourniquet")).unwrap_or_default()]
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| dir.join("tourniquet"));
     assert!(
         path.exists(),
         "{} is missing: build it first with `cargo build -p tourniquet` (scripts/test does)",
