@@ -136,9 +136,15 @@ fn a_hotfix_that_helps_is_kept_with_before_and_after_numbers() {
     let (code, out, err) = flag_set_cli(&env, &agent, &["--guard", "svc", "--bake", "50ms"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("kept"), "{out}");
-    assert!(out.contains("probe:     svc: before 100.00% (0/3 ok"), "{out}");
+    assert!(
+        out.contains("probe:     svc: before 100.00% (0/3 ok"),
+        "{out}"
+    );
     assert!(out.contains("after 0.00% (3/3 ok"), "{out}");
-    assert!(out.contains("max_increase"), "the side-by-side check table: {out}");
+    assert!(
+        out.contains("max_increase"),
+        "the side-by-side check table: {out}"
+    );
     assert!(out.contains("on → off"), "{out}");
     assert_eq!(env.variant("new_flow"), "off");
 }
@@ -494,16 +500,25 @@ fn drift_is_reasserted_in_place_and_across_five_renames() {
     assert_eq!(code, 0, "{out}{err}");
     let id = id_from_json(&out);
     let mut expected = 0;
-    for (round, by_rename) in [false, false, false, false, false, true, true, true, true, true]
-        .into_iter()
-        .enumerate()
+    for (round, by_rename) in [
+        false, false, false, false, false, true, true, true, true, true,
+    ]
+    .into_iter()
+    .enumerate()
     {
         edit_behind_the_agents_back(&env, by_rename, round);
         expected += 1;
         wait_for(
-            &format!("re-assertion #{} ({})", round + 1, if by_rename { "rename" } else { "in place" }),
+            &format!(
+                "re-assertion #{} ({})",
+                round + 1,
+                if by_rename { "rename" } else { "in place" }
+            ),
             Duration::from_secs(10),
-            || (drift_count(&env, &id) >= expected && env.variant("new_flow") == "off").then_some(()),
+            || {
+                (drift_count(&env, &id) >= expected && env.variant("new_flow") == "off")
+                    .then_some(())
+            },
         );
         expected = drift_count(&env, &id);
     }
@@ -525,7 +540,16 @@ fn drift_is_reasserted_in_place_and_across_five_renames() {
     assert!(!rec["drifts"].as_array().unwrap().is_empty());
     // Our own revert is not drift.
     let before = drift_count(&env, &id);
-    let (code, _, err) = env.cli(&["revert", &id, "--reason", "done", "--key", "alice_ed25519", "--send", &agent.url]);
+    let (code, _, err) = env.cli(&[
+        "revert",
+        &id,
+        "--reason",
+        "done",
+        "--key",
+        "alice_ed25519",
+        "--send",
+        &agent.url,
+    ]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(env.variant("new_flow"), "on");
     assert_eq!(drift_count(&env, &id), before);
@@ -534,18 +558,29 @@ fn drift_is_reasserted_in_place_and_across_five_renames() {
 #[test]
 fn a_report_only_resource_records_drift_and_leaves_it() {
     let env = Env::new();
-    let config = env
-        .default_config()
-        .replace("[resources.checkout-flags]\n", "[resources.checkout-flags]\non_drift = \"report\"\n");
+    let config = env.default_config().replace(
+        "[resources.checkout-flags]\n",
+        "[resources.checkout-flags]\non_drift = \"report\"\n",
+    );
     env.write_config(&config);
     let agent = env.start();
     let (code, out, err) = flag_set_cli(&env, &agent, &["--hold", "1h", "--json"]);
     assert_eq!(code, 0, "{out}{err}");
     let id = id_from_json(&out);
     edit_behind_the_agents_back(&env, true, 0);
-    wait_for("drift reported", Duration::from_secs(10), || (drift_count(&env, &id) >= 1).then_some(()));
-    assert_eq!(env.variant("new_flow"), "on", "report-only leaves the change");
-    let entry = env.audit_entries().into_iter().rfind(|e| e["event"] == "drifted").unwrap();
+    wait_for("drift reported", Duration::from_secs(10), || {
+        (drift_count(&env, &id) >= 1).then_some(())
+    });
+    assert_eq!(
+        env.variant("new_flow"),
+        "on",
+        "report-only leaves the change"
+    );
+    let entry = env
+        .audit_entries()
+        .into_iter()
+        .rfind(|e| e["event"] == "drifted")
+        .unwrap();
     assert_eq!(entry["detail"]["outcome"], "reported");
     drop(agent);
 }

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tokio::sync::{watch, OwnedMutexGuard};
-use tracing::Instrument;
 use tourniquet_providers::{Provider, ProviderError};
+use tracing::Instrument;
 
 use crate::audit::AuditLog;
 use crate::envelope::{sha256_hex, Envelope};
@@ -555,7 +555,11 @@ impl Lifecycle {
                 }
             }
             let checks = telemetry::effective_checks(g, |p| self.probes.get(p).map(|c| c.unit()));
-            if let Some(p) = g.probes.iter().find(|p| !checks.iter().any(|c| &c.probe == *p)) {
+            if let Some(p) = g
+                .probes
+                .iter()
+                .find(|p| !checks.iter().any(|c| &c.probe == *p))
+            {
                 return Err(Rejection::new(
                     Reason::InvalidAction,
                     format!("guard probe {p:?} is not a ratio; give it a check (max, min, max_increase or max_decrease)"),
@@ -799,7 +803,8 @@ impl Lifecycle {
                 false,
             );
             let checks = telemetry::effective_checks(&g, |p| self.probes.get(p).map(|c| c.unit()));
-            let mut judgement = telemetry::Judgement::new(&g, checks, rec.telemetry.clone().unwrap_or_default());
+            let mut judgement =
+                telemetry::Judgement::new(&g, checks, rec.telemetry.clone().unwrap_or_default());
             let deadline = tokio::time::Instant::now() + bake.saturating_sub(elapsed);
             let breach_seen = std::time::Instant::now();
             loop {
@@ -823,14 +828,20 @@ impl Lifecycle {
             rec.telemetry = Some(report);
             let roll_back = match verdict {
                 Verdict::Breach => g.on_breach == OnBreach::Rollback,
-                Verdict::Inconclusive => g.on_inconclusive == crate::payload::OnInconclusive::Rollback,
+                Verdict::Inconclusive => {
+                    g.on_inconclusive == crate::payload::OnInconclusive::Rollback
+                }
                 Verdict::Pass => false,
             };
             if roll_back {
                 let _lock = self.apply_lock.lock().await;
                 let errors = self.revert_actions(&mut rec).await;
                 self.metrics.rollbacks.inc();
-                let why = if verdict == Verdict::Breach { "guard breached" } else { "guard inconclusive" };
+                let why = if verdict == Verdict::Breach {
+                    "guard breached"
+                } else {
+                    "guard inconclusive"
+                };
                 let note = if errors.is_empty() {
                     format!("{why}: rolled back")
                 } else {
@@ -1025,7 +1036,9 @@ impl Lifecycle {
     /// holds now. A difference is drift: recorded in the audit log and the
     /// metrics, and re-asserted unless the resource only reports.
     pub async fn check_drift(&self, resource: &str) {
-        let Some(res) = self.resources.get(resource) else { return };
+        let Some(res) = self.resources.get(resource) else {
+            return;
+        };
         // Serialises with apply and revert: our own writes are never drift.
         let _lock = self.apply_lock.lock().await;
         for mut rec in self.active() {
@@ -1036,9 +1049,13 @@ impl Lifecycle {
                     continue;
                 }
                 let spec = spec_of(a);
-                let Some(expected) = a.after.clone() else { continue };
+                let Some(expected) = a.after.clone() else {
+                    continue;
+                };
                 // A half-written file is not a verdict; the next event is.
-                let Ok(found) = res.provider.snapshot(&spec).await else { continue };
+                let Ok(found) = res.provider.snapshot(&spec).await else {
+                    continue;
+                };
                 if found == expected {
                     continue;
                 }

@@ -232,7 +232,9 @@ impl Threshold {
         } else {
             humantime::parse_duration(t)
                 .map(|d| d.as_secs_f64())
-                .map_err(|_| format!("{text:?} is not a threshold like \"0.5%\", \"400ms\" or \"12.5\""))?
+                .map_err(|_| {
+                    format!("{text:?} is not a threshold like \"0.5%\", \"400ms\" or \"12.5\"")
+                })?
         };
         Ok(Threshold {
             value,

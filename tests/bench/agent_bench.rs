@@ -157,14 +157,18 @@ fn measure_guard(bake_s: u64) -> Value {
     let broken = FlagAwareService::start(env.path("flags.json"), "new_flow", "off");
     let mut config = env.default_config();
     for (i, svc) in [&healthy, &healthy, &healthy].iter().enumerate() {
-        config.push_str(&svc.probe_config(&format!("p{i}")).replace("interval = \"20ms\"", "interval = \"1s\""));
+        config.push_str(
+            &svc.probe_config(&format!("p{i}"))
+                .replace("interval = \"20ms\"", "interval = \"1s\""),
+        );
     }
     config.push_str(&broken.probe_config("broken"));
     env.write_config(&config);
     let agent = env.start();
     let pid = agent.child.id();
     let mut p = payload(set_new_flow("on"));
-    p["guard"] = json!({"probes": ["p0", "p1", "p2"], "bake": format!("{bake_s}s"), "interval": "1s"});
+    p["guard"] =
+        json!({"probes": ["p0", "p1", "p2"], "bake": format!("{bake_s}s"), "interval": "1s"});
     let (status, body) = post_command(&agent, &sign(&p, &[env.key("alice")]));
     assert_eq!(status, 202, "{body}");
     let id = body["id"].as_str().expect("id").to_string();
@@ -193,7 +197,10 @@ fn measure_guard(bake_s: u64) -> Value {
             .and_then(|s| humantime::parse_rfc3339(s).ok())
     };
     let abort_ms = match (at("applied"), at("rolled_back")) {
-        (Some(a), Some(r)) => r.duration_since(a).map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0),
+        (Some(a), Some(r)) => r
+            .duration_since(a)
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .unwrap_or(0.0),
         _ => -1.0,
     };
     json!({
@@ -286,7 +293,9 @@ fn main() {
     println!(
         "{:<28} {:.0} ms from applied to rolled back ({} rounds)",
         "early abort",
-        g["early_abort"]["applied_to_rolled_back_ms"].as_f64().unwrap_or(-1.0),
+        g["early_abort"]["applied_to_rolled_back_ms"]
+            .as_f64()
+            .unwrap_or(-1.0),
         g["early_abort"]["rounds"]
     );
 }

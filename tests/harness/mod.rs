@@ -4,6 +4,7 @@
 //! Nothing here fakes the agent: tests talk to it over HTTP, drop files in
 //! its inbox, read the files it writes, and kill it to test recovery.
 
+pub mod metrics_service;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -35,10 +36,15 @@ pub fn bin() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     // Test executables live in target/<profile>/deps, binaries one level up.
     let dir = exe.parent().expect("exe dir");
-    let path = [dir.join("tourniquet"), dir.parent().map(|d| d.join("tourniquet")).unwrap_or_default()]
-        .into_iter()
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| dir.join("tourniquet"));
+    let path = [
+        dir.join("tourniquet"),
+        dir.parent()
+            .map(|d| d.join("tourniquet"))
+            .unwrap_or_default(),
+    ]
+    .into_iter()
+    .find(|p| p.is_file())
+    .unwrap_or_else(|| dir.join("tourniquet"));
     assert!(
         path.exists(),
         "{} is missing: build it first with `cargo build -p tourniquet` (scripts/test does)",

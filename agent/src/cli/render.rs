@@ -39,14 +39,25 @@ fn value_text(v: Option<f64>, unit: &str) -> String {
 fn sample_text(v: &Value) -> String {
     let value = value_text(v.get("value").and_then(Value::as_f64), s(v, "unit"));
     let d = v.get("detail").unwrap_or(&Value::Null);
-    let extra = match (d.get("ok").and_then(Value::as_u64), d.get("requests").and_then(Value::as_u64)) {
+    let extra = match (
+        d.get("ok").and_then(Value::as_u64),
+        d.get("requests").and_then(Value::as_u64),
+    ) {
         (Some(ok), Some(n)) => {
-            let p99 = d.get("p99_ms").and_then(Value::as_f64).map(|x| format!(", p99 {x:.1}ms")).unwrap_or_default();
+            let p99 = d
+                .get("p99_ms")
+                .and_then(Value::as_f64)
+                .map(|x| format!(", p99 {x:.1}ms"))
+                .unwrap_or_default();
             format!(" ({ok}/{n} ok{p99})")
         }
         _ => String::new(),
     };
-    let note = v.get("note").and_then(Value::as_str).map(|n| format!(" [{n}]")).unwrap_or_default();
+    let note = v
+        .get("note")
+        .and_then(Value::as_str)
+        .map(|n| format!(" [{n}]"))
+        .unwrap_or_default();
     format!("{value}{extra}{note}")
 }
 
@@ -120,7 +131,12 @@ pub fn record(r: &Value) -> String {
         ));
     }
     if let Some(t) = r.get("telemetry").filter(|t| !t.is_null()) {
-        let list = |k: &str| t.get(k).and_then(Value::as_array).cloned().unwrap_or_default();
+        let list = |k: &str| {
+            t.get(k)
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+        };
         let (before, after) = (list("before"), list("after"));
         for b in &before {
             let name = s(b, "probe");
@@ -151,13 +167,19 @@ pub fn record(r: &Value) -> String {
             }
         }
         if let Some(v) = t.get("verdict").and_then(Value::as_str) {
-            let rounds = t.get("rounds").and_then(Value::as_array).map(Vec::len).unwrap_or(0);
+            let rounds = t
+                .get("rounds")
+                .and_then(Value::as_array)
+                .map(Vec::len)
+                .unwrap_or(0);
             let aborted = if t.get("early_abort").and_then(Value::as_bool) == Some(true) {
                 ", aborted early"
             } else {
                 ""
             };
-            out.push_str(&format!("  verdict:   {v} after {rounds} bake round(s){aborted}\n"));
+            out.push_str(&format!(
+                "  verdict:   {v} after {rounds} bake round(s){aborted}\n"
+            ));
         }
     }
     if let Some(left) = r.get("hold_left_s").and_then(Value::as_u64) {

@@ -94,33 +94,42 @@ pub fn effective_checks(guard: &Guard, unit_of: impl Fn(&str) -> Option<Unit>) -
 }
 
 /// Judges one round of samples against the before-window.
-pub fn evaluate_round(checks: &[Check], before: &[ProbeSample], after: &[ProbeSample]) -> (Vec<CheckResult>, Verdict) {
+pub fn evaluate_round(
+    checks: &[Check],
+    before: &[ProbeSample],
+    after: &[ProbeSample],
+) -> (Vec<CheckResult>, Verdict) {
     let find = |set: &[ProbeSample], name: &str| set.iter().find(|s| s.probe == name).cloned();
     let mut results = Vec::new();
     for check in checks {
         let b = find(before, &check.probe);
         let a = find(after, &check.probe);
-        let unit = a.as_ref().or(b.as_ref()).map(|s| s.unit).unwrap_or(Unit::Number);
+        let unit = a
+            .as_ref()
+            .or(b.as_ref())
+            .map(|s| s.unit)
+            .unwrap_or(Unit::Number);
         let bv = b.as_ref().and_then(|s| s.value);
         let av = a.as_ref().and_then(|s| s.value);
-        let mut judge = |name: &str, t: &Threshold, needs_before: bool, breached: &dyn Fn(f64, f64) -> bool| {
-            let verdict = match (av, bv) {
-                (None, _) => Verdict::Inconclusive,
-                (Some(_), None) if needs_before => Verdict::Inconclusive,
-                (Some(a), b) if breached(a, b.unwrap_or(0.0)) => Verdict::Breach,
-                _ => Verdict::Pass,
+        let mut judge =
+            |name: &str, t: &Threshold, needs_before: bool, breached: &dyn Fn(f64, f64) -> bool| {
+                let verdict = match (av, bv) {
+                    (None, _) => Verdict::Inconclusive,
+                    (Some(_), None) if needs_before => Verdict::Inconclusive,
+                    (Some(a), b) if breached(a, b.unwrap_or(0.0)) => Verdict::Breach,
+                    _ => Verdict::Pass,
+                };
+                results.push(CheckResult {
+                    probe: check.probe.clone(),
+                    check: name.to_string(),
+                    threshold: t.text.clone(),
+                    unit,
+                    before: bv,
+                    after: av,
+                    verdict,
+                    samples: Vec::new(),
+                });
             };
-            results.push(CheckResult {
-                probe: check.probe.clone(),
-                check: name.to_string(),
-                threshold: t.text.clone(),
-                unit,
-                before: bv,
-                after: av,
-                verdict,
-                samples: Vec::new(),
-            });
-        };
         const EPS: f64 = 1e-9;
         if let Some(t) = &check.max {
             judge("max", t, false, &|a, _| a > t.value + EPS);
@@ -283,7 +292,10 @@ mod tests {
     fn two_consecutive_breaches_abort_early() {
         let mut j = judgement(0.0);
         assert!(!j.push(vec![sample("err", Some(0.3))]));
-        assert!(j.push(vec![sample("err", Some(0.4))]), "second breach in a row aborts");
+        assert!(
+            j.push(vec![sample("err", Some(0.4))]),
+            "second breach in a row aborts"
+        );
         let r = j.finish();
         assert_eq!(r.verdict, Some(Verdict::Breach));
         assert!(r.early_abort);
@@ -329,11 +341,23 @@ mod tests {
             max_increase: Some(Threshold::parse("0.5%").unwrap()),
             max_decrease: None,
         }];
-        let (_, v) = evaluate_round(&inc, &[sample("err", Some(0.01))], &[sample("err", Some(0.014))]);
+        let (_, v) = evaluate_round(
+            &inc,
+            &[sample("err", Some(0.01))],
+            &[sample("err", Some(0.014))],
+        );
         assert_eq!(v, Verdict::Pass);
-        let (_, v) = evaluate_round(&inc, &[sample("err", Some(0.01))], &[sample("err", Some(0.02))]);
+        let (_, v) = evaluate_round(
+            &inc,
+            &[sample("err", Some(0.01))],
+            &[sample("err", Some(0.02))],
+        );
         assert_eq!(v, Verdict::Breach);
         let (_, v) = evaluate_round(&inc, &[sample("err", None)], &[sample("err", Some(0.0))]);
-        assert_eq!(v, Verdict::Inconclusive, "no before value: cannot judge an increase");
+        assert_eq!(
+            v,
+            Verdict::Inconclusive,
+            "no before value: cannot judge an increase"
+        );
     }
 }

@@ -119,7 +119,12 @@ impl HttpProbeConfig {
 }
 
 /// Takes one window. With `window`, the requests are spread over it.
-pub async fn measure(client: &reqwest::Client, name: &str, cfg: &HttpProbeConfig, window: Option<Duration>) -> ProbeSample {
+pub async fn measure(
+    client: &reqwest::Client,
+    name: &str,
+    cfg: &HttpProbeConfig,
+    window: Option<Duration>,
+) -> ProbeSample {
     let n = cfg.samples.max(1);
     let interval = match window {
         Some(w) if n > 1 => w / (n - 1),
@@ -159,13 +164,20 @@ pub async fn measure(client: &reqwest::Client, name: &str, cfg: &HttpProbeConfig
             }
         }
     }
-    let raw: Vec<f64> = latencies_ms.iter().take(MAX_RAW_SAMPLES).map(|m| round6(*m)).collect();
+    let raw: Vec<f64> = latencies_ms
+        .iter()
+        .take(MAX_RAW_SAMPLES)
+        .map(|m| round6(*m))
+        .collect();
     latencies_ms.sort_by(|a, b| a.total_cmp(b));
     let p50 = percentile(&latencies_ms, 50.0);
     let p99 = percentile(&latencies_ms, 99.0);
     let error_ratio = f64::from(failed) / f64::from(n);
     let (value, note) = match cfg.measure {
-        _ if unreachable == n => (None, Some(format!("unreachable: 0 of {n} requests answered"))),
+        _ if unreachable == n => (
+            None,
+            Some(format!("unreachable: 0 of {n} requests answered")),
+        ),
         HttpMeasure::ErrorRatio => (Some(round6(error_ratio)), None),
         HttpMeasure::P50 => (p50.map(|v| round6(v / 1000.0)), None),
         HttpMeasure::P99 => (p99.map(|v| round6(v / 1000.0)), None),

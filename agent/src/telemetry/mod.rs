@@ -21,7 +21,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use guard::{effective_checks, evaluate_round, CheckResult, Judgement, Round, TelemetryReport, Verdict};
+pub use guard::{
+    effective_checks, evaluate_round, CheckResult, Judgement, Round, TelemetryReport, Verdict,
+};
 pub use http::HttpProbeConfig;
 
 use crate::payload::Timestamp;
@@ -158,9 +160,15 @@ impl Probes {
             let name = name.clone();
             set.spawn(async move {
                 let sample = match cfg {
-                    Some(ProbeConfig::Http(cfg)) => http::measure(&client, &name, &cfg, window).await,
-                    Some(ProbeConfig::Prometheus(cfg)) => prometheus::measure(&client, &name, &cfg, window).await,
-                    Some(ProbeConfig::Promql(cfg)) => promql::measure(&client, &name, &cfg, window).await,
+                    Some(ProbeConfig::Http(cfg)) => {
+                        http::measure(&client, &name, &cfg, window).await
+                    }
+                    Some(ProbeConfig::Prometheus(cfg)) => {
+                        prometheus::measure(&client, &name, &cfg, window).await
+                    }
+                    Some(ProbeConfig::Promql(cfg)) => {
+                        promql::measure(&client, &name, &cfg, window).await
+                    }
                     None => ProbeSample::missing(&name, Unit::Number, "no such probe"),
                 };
                 (i, sample)

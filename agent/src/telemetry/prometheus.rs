@@ -128,15 +128,23 @@ fn default_timeout() -> HumanDuration {
 /// Whether `name` is a metric name the exposition parser reads.
 fn valid_metric_name(name: &str) -> bool {
     let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-fn validate_selector(field: &str, metric: &str, labels: &BTreeMap<String, String>) -> Result<(), (String, String)> {
+fn validate_selector(
+    field: &str,
+    metric: &str,
+    labels: &BTreeMap<String, String>,
+) -> Result<(), (String, String)> {
     if metric.contains(':') {
         return Err((
             format!("{field}metric"),
-            format!("{metric:?}: names with ':' are recording rules; query them with a `promql` probe"),
+            format!(
+                "{metric:?}: names with ':' are recording rules; query them with a `promql` probe"
+            ),
         ));
     }
     if !valid_metric_name(metric) {
@@ -168,31 +176,58 @@ impl PrometheusProbeConfig {
         validate_selector("", &self.metric, &self.labels)?;
         match (self.measure, &self.denominator) {
             (PrometheusMeasure::Ratio, None) => {
-                return err("denominator", "measure = \"ratio\" needs a denominator = { metric = \"...\" }".into())
+                return err(
+                    "denominator",
+                    "measure = \"ratio\" needs a denominator = { metric = \"...\" }".into(),
+                )
             }
-            (PrometheusMeasure::Ratio, Some(d)) => validate_selector("denominator.", &d.metric, &d.labels)?,
-            (_, Some(_)) => return err("denominator", "only measure = \"ratio\" takes a denominator".into()),
+            (PrometheusMeasure::Ratio, Some(d)) => {
+                validate_selector("denominator.", &d.metric, &d.labels)?
+            }
+            (_, Some(_)) => {
+                return err(
+                    "denominator",
+                    "only measure = \"ratio\" takes a denominator".into(),
+                )
+            }
             (_, None) => {}
         }
         match (self.measure, self.quantile) {
             (PrometheusMeasure::HistogramQuantile, None) => {
-                return err("quantile", "measure = \"histogram_quantile\" needs a quantile, e.g. 0.99".into())
+                return err(
+                    "quantile",
+                    "measure = \"histogram_quantile\" needs a quantile, e.g. 0.99".into(),
+                )
             }
             (PrometheusMeasure::HistogramQuantile, Some(q)) => {
                 if !(q > 0.0 && q <= 1.0) {
-                    return err("quantile", format!("{q} is not above 0 and at most 1 (0.99 is the p99)"));
+                    return err(
+                        "quantile",
+                        format!("{q} is not above 0 and at most 1 (0.99 is the p99)"),
+                    );
                 }
                 if self.metric.ends_with("_bucket") {
                     return err(
                         "metric",
-                        format!("name the histogram without `_bucket`: {:?}", self.metric.trim_end_matches("_bucket")),
+                        format!(
+                            "name the histogram without `_bucket`: {:?}",
+                            self.metric.trim_end_matches("_bucket")
+                        ),
                     );
                 }
                 if self.labels.contains_key("le") {
-                    return err("labels", "`le` is the bucket bound: every bucket is read".into());
+                    return err(
+                        "labels",
+                        "`le` is the bucket bound: every bucket is read".into(),
+                    );
                 }
             }
-            (_, Some(_)) => return err("quantile", "only measure = \"histogram_quantile\" takes a quantile".into()),
+            (_, Some(_)) => {
+                return err(
+                    "quantile",
+                    "only measure = \"histogram_quantile\" takes a quantile".into(),
+                )
+            }
             (_, None) => {}
         }
         if self.window.0 < Duration::from_millis(100) || self.window.0 > Duration::from_secs(600) {
@@ -231,15 +266,22 @@ impl Series {
         if self.labels.is_empty() {
             return self.name.clone();
         }
-        let labels: Vec<String> = self.labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+        let labels: Vec<String> = self
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v:?}"))
+            .collect();
         format!("{}{{{}}}", self.name, labels.join(","))
     }
 
     fn matches(&self, metric: &str, matchers: &BTreeMap<String, String>) -> bool {
         self.name == metric
-            && matchers
-                .iter()
-                .all(|(k, pattern)| glob_match(pattern, self.labels.get(k).map(String::as_str).unwrap_or("")))
+            && matchers.iter().all(|(k, pattern)| {
+                glob_match(
+                    pattern,
+                    self.labels.get(k).map(String::as_str).unwrap_or(""),
+                )
+            })
     }
 }
 
@@ -258,10 +300,15 @@ fn format_bound(v: f64) -> String {
 /// with a `quantile` label, as they are written.
 pub fn parse_exposition(text: &str) -> Result<Vec<Series>, String> {
     use prometheus_parse::{Scrape, Value as PV};
-    let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).map_err(|e| format!("unparsable exposition: {e}"))?;
+    let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .map_err(|e| format!("unparsable exposition: {e}"))?;
     let mut out = Vec::with_capacity(scrape.samples.len());
     for s in scrape.samples {
-        let labels: BTreeMap<String, String> = s.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let labels: BTreeMap<String, String> = s
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         match s.value {
             PV::Counter(v) | PV::Gauge(v) | PV::Untyped(v) => out.push(Series {
                 name: s.metric,
@@ -335,7 +382,12 @@ fn series_increase(first: Option<f64>, second: f64) -> (f64, bool) {
 }
 
 /// The summed increase of the series matching `metric{matchers}`.
-pub fn increase(first: &[Series], second: &[Series], metric: &str, matchers: &BTreeMap<String, String>) -> Increase {
+pub fn increase(
+    first: &[Series],
+    second: &[Series],
+    metric: &str,
+    matchers: &BTreeMap<String, String>,
+) -> Increase {
     let before: BTreeMap<String, f64> = first
         .iter()
         .filter(|s| s.matches(metric, matchers))
@@ -378,7 +430,11 @@ pub fn bucket_increases(
     let mut by_bound: Vec<(f64, f64)> = Vec::new();
     let (mut series, mut resets) = (0, 0);
     for s in second.iter().filter(|s| s.matches(&name, matchers)) {
-        let Some(bound) = s.labels.get("le").and_then(|le| le.trim().parse::<f64>().ok()) else {
+        let Some(bound) = s
+            .labels
+            .get("le")
+            .and_then(|le| le.trim().parse::<f64>().ok())
+        else {
             continue;
         };
         if bound.is_nan() || !s.value.is_finite() {
@@ -419,7 +475,10 @@ pub fn bucket_quantile(q: f64, buckets: &[(f64, f64)]) -> Option<f64> {
     }
     let mut rank = q.clamp(0.0, 1.0) * observations;
     let last = counts.len() - 1;
-    let b = counts[..last].iter().position(|c| c.1 >= rank).unwrap_or(last);
+    let b = counts[..last]
+        .iter()
+        .position(|c| c.1 >= rank)
+        .unwrap_or(last);
     if b == last {
         return Some(counts[last - 1].0);
     }
@@ -439,8 +498,8 @@ pub fn bucket_quantile(q: f64, buckets: &[(f64, f64)]) -> Option<f64> {
     Some(bucket_start + (bucket_end - bucket_start) * (rank / count))
 }
 
-/// The probe's value from its scrapes (`first` is `None` for a gauge),
-/// `seconds` apart: (value, note, detail).
+/// The probe's value from two scrapes `seconds` apart (a gauge reads only
+/// `second`): (value, note, detail).
 pub fn evaluate(
     cfg: &PrometheusProbeConfig,
     first: &[Series],
@@ -450,7 +509,10 @@ pub fn evaluate(
     let window_s = round6(seconds);
     match cfg.measure {
         PrometheusMeasure::Gauge => {
-            let matching: Vec<&Series> = second.iter().filter(|s| s.matches(&cfg.metric, &cfg.labels)).collect();
+            let matching: Vec<&Series> = second
+                .iter()
+                .filter(|s| s.matches(&cfg.metric, &cfg.labels))
+                .collect();
             let sum: f64 = matching.iter().map(|s| s.value).sum();
             let detail = json!({
                 "metric": cfg.metric,
@@ -461,7 +523,11 @@ pub fn evaluate(
             if matching.is_empty() {
                 (None, Some(no_series(&cfg.metric, &cfg.labels)), detail)
             } else if !sum.is_finite() {
-                (None, Some(format!("the selected series sum to {sum}")), detail)
+                (
+                    None,
+                    Some(format!("the selected series sum to {sum}")),
+                    detail,
+                )
             } else {
                 (Some(round6(sum)), None, detail)
             }
@@ -474,13 +540,21 @@ pub fn evaluate(
                 return (None, Some(no_series(&cfg.metric, &cfg.labels)), detail);
             }
             if seconds <= 0.0 {
-                return (None, Some("the scrapes were not apart in time".into()), detail);
+                return (
+                    None,
+                    Some("the scrapes were not apart in time".into()),
+                    detail,
+                );
             }
             (Some(round6(inc.total / seconds)), None, detail)
         }
         PrometheusMeasure::Ratio => {
             let Some(den) = &cfg.denominator else {
-                return (None, Some("ratio without a denominator".into()), Value::Null);
+                return (
+                    None,
+                    Some("ratio without a denominator".into()),
+                    Value::Null,
+                );
             };
             let n = increase(first, second, &cfg.metric, &cfg.labels);
             let d = increase(first, second, &den.metric, &den.labels);
@@ -490,23 +564,46 @@ pub fn evaluate(
                 "denominator": d.detail(&den.metric),
             });
             if d.series == 0 {
-                return (None, Some(format!("denominator: {}", no_series(&den.metric, &den.labels))), detail);
+                return (
+                    None,
+                    Some(format!(
+                        "denominator: {}",
+                        no_series(&den.metric, &den.labels)
+                    )),
+                    detail,
+                );
             }
             if d.total <= 0.0 {
                 return (
                     None,
-                    Some(format!("no traffic: the denominator did not increase in {window_s}s")),
+                    Some(format!(
+                        "no traffic: the denominator did not increase in {window_s}s"
+                    )),
                     detail,
                 );
             }
             // A counter series is often created at its first increment:
             // no numerator series yet means none happened.
-            let note = (n.series == 0).then(|| format!("numerator: {}; counted as 0", no_series(&cfg.metric, &cfg.labels)));
-            (Some(round6((n.total / d.total).clamp(0.0, 1.0))), note, detail)
+            let note = (n.series == 0).then(|| {
+                format!(
+                    "numerator: {}; counted as 0",
+                    no_series(&cfg.metric, &cfg.labels)
+                )
+            });
+            if n.total > d.total {
+                let why = format!(
+                    "the numerator rose more than the denominator ({} > {}): it must count a subset of the same events",
+                    round6(n.total),
+                    round6(d.total)
+                );
+                return (None, Some(why), detail);
+            }
+            (Some(round6(n.total / d.total)), note, detail)
         }
         PrometheusMeasure::HistogramQuantile => {
             let q = cfg.quantile.unwrap_or(0.99);
-            let (buckets, series, resets) = bucket_increases(first, second, &cfg.metric, &cfg.labels);
+            let (buckets, series, resets) =
+                bucket_increases(first, second, &cfg.metric, &cfg.labels);
             let observations = buckets.last().filter(|b| b.0 == f64::INFINITY).map(|b| b.1);
             let detail = json!({
                 "metric": format!("{}_bucket", cfg.metric),
@@ -518,10 +615,18 @@ pub fn evaluate(
                 "buckets": buckets.iter().take(64).map(|(le, n)| json!({"le": format_bound(*le), "increase": round6(*n)})).collect::<Vec<_>>(),
             });
             if series == 0 {
-                return (None, Some(no_series(&format!("{}_bucket", cfg.metric), &cfg.labels)), detail);
+                return (
+                    None,
+                    Some(no_series(&format!("{}_bucket", cfg.metric), &cfg.labels)),
+                    detail,
+                );
             }
             match observations {
-                None => (None, Some("the histogram has no le=\"+Inf\" bucket".into()), detail),
+                None => (
+                    None,
+                    Some("the histogram has no le=\"+Inf\" bucket".into()),
+                    detail,
+                ),
                 Some(o) if o <= 0.0 => (
                     None,
                     Some(format!("no traffic: no observations in {window_s}s")),
@@ -562,22 +667,39 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Fetches and parses one exposition; the time is when it was read.
-async fn scrape(client: &reqwest::Client, cfg: &PrometheusProbeConfig) -> Result<(Vec<Series>, Instant, usize), String> {
+async fn scrape(
+    client: &reqwest::Client,
+    cfg: &PrometheusProbeConfig,
+) -> Result<(Vec<Series>, Instant, usize), String> {
     let started = Instant::now();
     let mut resp = client
         .get(&cfg.url)
         .timeout(cfg.timeout.0)
-        .header(reqwest::header::ACCEPT, "text/plain;version=0.0.4;q=1.0,*/*;q=0.1")
+        .header(
+            reqwest::header::ACCEPT,
+            "text/plain;version=0.0.4;q=1.0,*/*;q=0.1",
+        )
         .send()
         .await
         .map_err(|e| format!("unreachable: {}", error_chain(&e)))?;
     if !resp.status().is_success() {
-        return Err(format!("{} answered HTTP {}", cfg.url, resp.status().as_u16()));
+        return Err(format!(
+            "{} answered HTTP {}",
+            cfg.url,
+            resp.status().as_u16()
+        ));
     }
     let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| format!("reading the exposition: {}", error_chain(&e)))? {
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| format!("reading the exposition: {}", error_chain(&e)))?
+    {
         if body.len() + chunk.len() > MAX_EXPOSITION_BYTES {
-            return Err(format!("the exposition is over {} MiB", MAX_EXPOSITION_BYTES >> 20));
+            return Err(format!(
+                "the exposition is over {} MiB",
+                MAX_EXPOSITION_BYTES >> 20
+            ));
         }
         body.extend_from_slice(&chunk);
     }
@@ -615,7 +737,9 @@ pub async fn measure(
         Ok(s) => s,
         Err(why) => return failed(why, if cfg.two_scrapes() { 2 } else { 1 }),
     };
-    let seconds = first_at.map(|a| second_at.duration_since(a).as_secs_f64()).unwrap_or(0.0);
+    let seconds = first_at
+        .map(|a| second_at.duration_since(a).as_secs_f64())
+        .unwrap_or(0.0);
     let (value, note, mut detail) = evaluate(cfg, &first, &second, seconds);
     if let Value::Object(map) = &mut detail {
         map.insert("scraped_series".into(), json!(second.len()));
@@ -646,15 +770,24 @@ mod tests {
             "# HELP http_requests Requests.\n# TYPE http_requests counter\n\
              # HELP http_request_duration_seconds Latency.\n# TYPE http_request_duration_seconds histogram\n",
         );
-        text.push_str(&format!("http_requests_total{{code=\"200\",path=\"/work\"}} {ok}\n"));
+        text.push_str(&format!(
+            "http_requests_total{{code=\"200\",path=\"/work\"}} {ok}\n"
+        ));
         if err > 0 {
-            text.push_str(&format!("http_requests_total{{code=\"500\",path=\"/work\"}} {err}\n"));
+            text.push_str(&format!(
+                "http_requests_total{{code=\"500\",path=\"/work\"}} {err}\n"
+            ));
         }
         let total = buckets.last().map(|b| b.1).unwrap_or(0);
-        text.push_str(&format!("http_request_duration_seconds_sum {}\n", total as f64 * 0.01));
+        text.push_str(&format!(
+            "http_request_duration_seconds_sum {}\n",
+            total as f64 * 0.01
+        ));
         text.push_str(&format!("http_request_duration_seconds_count {total}\n"));
         for (le, n) in buckets {
-            text.push_str(&format!("http_request_duration_seconds_bucket{{le=\"{le}\"}} {n}\n"));
+            text.push_str(&format!(
+                "http_request_duration_seconds_bucket{{le=\"{le}\"}} {n}\n"
+            ));
         }
         text.push_str("# EOF\n");
         parse_exposition(&text).expect("parse")
@@ -663,7 +796,10 @@ mod tests {
     #[test]
     fn parses_the_text_format() {
         let s = exposition(7, 3, &[("0.1", 4), ("+Inf", 10)]);
-        let ok = s.iter().find(|s| s.name == "http_requests_total" && s.labels["code"] == "200").unwrap();
+        let ok = s
+            .iter()
+            .find(|s| s.name == "http_requests_total" && s.labels["code"] == "200")
+            .unwrap();
         assert_eq!(ok.value, 7.0);
         assert_eq!(ok.labels["path"], "/work");
         let inf = s
@@ -671,10 +807,15 @@ mod tests {
             .find(|s| s.name == "http_request_duration_seconds_bucket" && s.labels["le"] == "+Inf")
             .unwrap();
         assert_eq!(inf.value, 10.0);
-        assert!(s.iter().any(|s| s.name == "http_request_duration_seconds_count" && s.value == 10.0));
+        assert!(s
+            .iter()
+            .any(|s| s.name == "http_request_duration_seconds_count" && s.value == 10.0));
         // No TYPE line: buckets stay plain series with their le label.
         let plain = parse_exposition("x_bucket{le=\"1\"} 2\nx_bucket{le=\"+Inf\"} 3\n").unwrap();
-        assert_eq!(bucket_increases(&[], &plain, "x", &BTreeMap::new()).0, vec![(1.0, 2.0), (f64::INFINITY, 3.0)]);
+        assert_eq!(
+            bucket_increases(&[], &plain, "x", &BTreeMap::new()).0,
+            vec![(1.0, 2.0), (f64::INFINITY, 3.0)]
+        );
     }
 
     #[test]
@@ -709,11 +850,22 @@ mod tests {
         let (v, note, _) = evaluate(&c, &[], &[], 1.0);
         assert_eq!(v, None);
         assert!(note.unwrap().contains("no series"));
+        // A numerator that is not a subset of the denominator is a
+        // misconfiguration, not an error ratio of 1.
+        let c = cfg(&format!(
+            "{BASE}metric = \"http_requests_total\"\nmeasure = \"ratio\"\n\
+             denominator = {{ metric = \"http_requests_total\", labels = {{ code = \"200\" }} }}\n"
+        ));
+        let (v, note, _) = evaluate(&c, &exposition(10, 0, &[]), &exposition(12, 5, &[]), 1.0);
+        assert_eq!(v, None);
+        assert!(note.unwrap().contains("subset"));
     }
 
     #[test]
     fn counter_reset_counts_from_zero() {
-        let c = cfg(&format!("{BASE}metric = \"http_requests_total\"\nmeasure = \"counter_rate\"\n"));
+        let c = cfg(&format!(
+            "{BASE}metric = \"http_requests_total\"\nmeasure = \"counter_rate\"\n"
+        ));
         assert_eq!(c.unit(), Unit::Number);
         // The service restarted: 200s went 500 → 30, 500s 50 → 10.
         let (v, _, detail) = evaluate(&c, &exposition(500, 50, &[]), &exposition(30, 10, &[]), 4.0);
@@ -741,12 +893,19 @@ mod tests {
         assert_eq!(detail["series"], 2);
         let (v, note, _) = evaluate(&c, &[], &[], 0.0);
         assert_eq!(v, None);
-        assert!(note.unwrap().contains("no series match queue_depth{queue=\"pay*\"}"));
+        assert!(note
+            .unwrap()
+            .contains("no series match queue_depth{queue=\"pay*\"}"));
     }
 
     #[test]
     fn bucket_quantile_interpolates_like_promql() {
-        let b = [(0.1, 50.0), (0.2, 90.0), (0.4, 100.0), (f64::INFINITY, 100.0)];
+        let b = [
+            (0.1, 50.0),
+            (0.2, 90.0),
+            (0.4, 100.0),
+            (f64::INFINITY, 100.0),
+        ];
         // Rank 50 sits at the top of the first bucket.
         assert_eq!(bucket_quantile(0.5, &b), Some(0.1));
         // Rank 70: 20 of the 40 in (0.1, 0.2].
@@ -758,8 +917,16 @@ mod tests {
         // A rank in +Inf answers with the highest finite bound.
         let tail = [(0.1, 5.0), (f64::INFINITY, 10.0)];
         assert_eq!(bucket_quantile(0.99, &tail), Some(0.1));
-        assert_eq!(bucket_quantile(0.99, &[(0.1, 0.0), (f64::INFINITY, 0.0)]), None, "no observations");
-        assert_eq!(bucket_quantile(0.99, &[(0.1, 3.0), (0.2, 3.0)]), None, "no +Inf bucket");
+        assert_eq!(
+            bucket_quantile(0.99, &[(0.1, 0.0), (f64::INFINITY, 0.0)]),
+            None,
+            "no observations"
+        );
+        assert_eq!(
+            bucket_quantile(0.99, &[(0.1, 3.0), (0.2, 3.0)]),
+            None,
+            "no +Inf bucket"
+        );
     }
 
     #[test]
@@ -770,8 +937,16 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.unit(), Unit::Seconds);
         // Before: 1000 fast requests. In the window: 10 more, 5 of them slow.
-        let a = exposition(0, 0, &[("0.01", 1000), ("0.1", 1000), ("1", 1000), ("+Inf", 1000)]);
-        let b = exposition(0, 0, &[("0.01", 1005), ("0.1", 1005), ("1", 1010), ("+Inf", 1010)]);
+        let a = exposition(
+            0,
+            0,
+            &[("0.01", 1000), ("0.1", 1000), ("1", 1000), ("+Inf", 1000)],
+        );
+        let b = exposition(
+            0,
+            0,
+            &[("0.01", 1005), ("0.1", 1005), ("1", 1010), ("+Inf", 1010)],
+        );
         let (v, _, detail) = evaluate(&c, &a, &b, 1.0);
         // Rank 9 of 10: 4 of the 5 in (0.1, 1] → 0.1 + 0.9 * 4/5.
         assert!((v.unwrap() - 0.82).abs() < 1e-9, "{v:?}");
@@ -791,20 +966,49 @@ mod tests {
     #[test]
     fn validation_names_the_field() {
         let field = |t: &str| cfg(&format!("{BASE}{t}")).validate().unwrap_err().0;
-        assert_eq!(field("metric = \"x\"\nmeasure = \"ratio\"\n"), "denominator");
+        assert_eq!(
+            field("metric = \"x\"\nmeasure = \"ratio\"\n"),
+            "denominator"
+        );
         assert_eq!(
             field("metric = \"x\"\nmeasure = \"ratio\"\ndenominator = { metric = \"a-b\" }\n"),
             "denominator.metric"
         );
-        assert_eq!(field("metric = \"x\"\nmeasure = \"histogram_quantile\"\n"), "quantile");
-        assert_eq!(field("metric = \"x\"\nmeasure = \"histogram_quantile\"\nquantile = 99.0\n"), "quantile");
-        assert_eq!(field("metric = \"x_bucket\"\nmeasure = \"histogram_quantile\"\nquantile = 0.9\n"), "metric");
-        assert_eq!(field("metric = \"x\"\nmeasure = \"gauge\"\nquantile = 0.9\n"), "quantile");
-        assert_eq!(field("metric = \"job:errors:rate5m\"\nmeasure = \"gauge\"\n"), "metric");
-        assert_eq!(field("metric = \"x\"\nmeasure = \"gauge\"\nlabels = { \"a b\" = \"1\" }\n"), "labels");
-        assert_eq!(field("metric = \"x\"\nmeasure = \"counter_rate\"\nwindow = \"1ms\"\n"), "window");
-        let e = cfg("url = \"ftp://x\"\nmetric = \"x\"\nmeasure = \"gauge\"\n").validate().unwrap_err();
+        assert_eq!(
+            field("metric = \"x\"\nmeasure = \"histogram_quantile\"\n"),
+            "quantile"
+        );
+        assert_eq!(
+            field("metric = \"x\"\nmeasure = \"histogram_quantile\"\nquantile = 99.0\n"),
+            "quantile"
+        );
+        assert_eq!(
+            field("metric = \"x_bucket\"\nmeasure = \"histogram_quantile\"\nquantile = 0.9\n"),
+            "metric"
+        );
+        assert_eq!(
+            field("metric = \"x\"\nmeasure = \"gauge\"\nquantile = 0.9\n"),
+            "quantile"
+        );
+        assert_eq!(
+            field("metric = \"job:errors:rate5m\"\nmeasure = \"gauge\"\n"),
+            "metric"
+        );
+        assert_eq!(
+            field("metric = \"x\"\nmeasure = \"gauge\"\nlabels = { \"a b\" = \"1\" }\n"),
+            "labels"
+        );
+        assert_eq!(
+            field("metric = \"x\"\nmeasure = \"counter_rate\"\nwindow = \"1ms\"\n"),
+            "window"
+        );
+        let e = cfg("url = \"ftp://x\"\nmetric = \"x\"\nmeasure = \"gauge\"\n")
+            .validate()
+            .unwrap_err();
         assert_eq!(e.0, "url");
-        assert!(toml::from_str::<PrometheusProbeConfig>(&format!("{BASE}metric = \"x\"\nmeasure = \"gauge\"\nwindw = \"1s\"\n")).is_err());
+        assert!(toml::from_str::<PrometheusProbeConfig>(&format!(
+            "{BASE}metric = \"x\"\nmeasure = \"gauge\"\nwindw = \"1s\"\n"
+        ))
+        .is_err());
     }
 }

@@ -91,8 +91,13 @@ impl PromqlProbeConfig {
 
 /// A value as the API writes it: `"0.05"`, `"NaN"`, `"+Inf"`.
 fn parse_value(v: &Value) -> Result<f64, String> {
-    let text = v.as_str().ok_or_else(|| format!("value {v} is not a string"))?;
-    let n: f64 = text.trim().parse().map_err(|_| format!("value {text:?} is not a number"))?;
+    let text = v
+        .as_str()
+        .ok_or_else(|| format!("value {v} is not a string"))?;
+    let n: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("value {text:?} is not a number"))?;
     if n.is_finite() {
         Ok(n)
     } else {
@@ -117,7 +122,11 @@ pub fn interpret(status: u16, body: &[u8]) -> (Option<f64>, Option<String>, Valu
     if doc["status"] != "success" {
         let kind = doc["errorType"].as_str().unwrap_or("error");
         let msg = doc["error"].as_str().unwrap_or("no reason given");
-        return (None, Some(format!("query failed ({kind}, HTTP {status}): {msg}")), detail);
+        return (
+            None,
+            Some(format!("query failed ({kind}, HTTP {status}): {msg}")),
+            detail,
+        );
     }
     let data = &doc["data"];
     let result_type = data["resultType"].as_str().unwrap_or_default();
@@ -125,9 +134,16 @@ pub fn interpret(status: u16, body: &[u8]) -> (Option<f64>, Option<String>, Valu
     let point = match result_type {
         "scalar" => &data["result"],
         "vector" => {
-            let series = data["result"].as_array().map(Vec::as_slice).unwrap_or_default();
+            let series = data["result"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default();
             detail["series"] = json!(series.len());
-            detail["metrics"] = json!(series.iter().take(MAX_DETAIL_SERIES).map(|s| &s["metric"]).collect::<Vec<_>>());
+            detail["metrics"] = json!(series
+                .iter()
+                .take(MAX_DETAIL_SERIES)
+                .map(|s| &s["metric"])
+                .collect::<Vec<_>>());
             match series {
                 [one] => &one["value"],
                 [] => return (None, Some("the query returned no series".into()), detail),
@@ -141,7 +157,9 @@ pub fn interpret(status: u16, body: &[u8]) -> (Option<f64>, Option<String>, Valu
             }
         }
         other => {
-            let why = format!("resultType {other:?}: the query must return a scalar or an instant vector");
+            let why = format!(
+                "resultType {other:?}: the query must return a scalar or an instant vector"
+            );
             return (None, Some(why), detail);
         }
     };
@@ -184,7 +202,11 @@ pub async fn measure(
     }
 }
 
-async fn fetch(client: &reqwest::Client, url: reqwest::Url, timeout: Duration) -> Result<(u16, Vec<u8>), String> {
+async fn fetch(
+    client: &reqwest::Client,
+    url: reqwest::Url,
+    timeout: Duration,
+) -> Result<(u16, Vec<u8>), String> {
     let mut resp = client
         .get(url)
         .timeout(timeout)
@@ -194,9 +216,16 @@ async fn fetch(client: &reqwest::Client, url: reqwest::Url, timeout: Duration) -
         .map_err(|e| format!("unreachable: {}", error_chain(&e)))?;
     let status = resp.status().as_u16();
     let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| format!("reading the answer: {}", error_chain(&e)))? {
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| format!("reading the answer: {}", error_chain(&e)))?
+    {
         if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-            return Err(format!("the answer is over {} KiB", MAX_RESPONSE_BYTES >> 10));
+            return Err(format!(
+                "the answer is over {} KiB",
+                MAX_RESPONSE_BYTES >> 10
+            ));
         }
         body.extend_from_slice(&chunk);
     }
@@ -213,7 +242,10 @@ mod tests {
             .enumerate()
             .map(|(i, v)| json!({"metric": {"instance": format!("node-{i}")}, "value": [1_700_000_000.5, v]}))
             .collect();
-        serde_json::to_vec(&json!({"status": "success", "data": {"resultType": "vector", "result": result}})).unwrap()
+        serde_json::to_vec(
+            &json!({"status": "success", "data": {"resultType": "vector", "result": result}}),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -222,7 +254,8 @@ mod tests {
         assert_eq!((v, note), (Some(0.05), None));
         assert_eq!(detail["series"], 1);
         assert_eq!(detail["raw"], "0.05");
-        let scalar = br#"{"status":"success","data":{"resultType":"scalar","result":[1700000000,"42"]}}"#;
+        let scalar =
+            br#"{"status":"success","data":{"resultType":"scalar","result":[1700000000,"42"]}}"#;
         assert_eq!(interpret(200, scalar).0, Some(42.0));
     }
 
@@ -250,8 +283,14 @@ mod tests {
         let (v, note, _) = interpret(400, body);
         assert_eq!(v, None);
         let note = note.unwrap();
-        assert!(note.contains("bad_data") && note.contains("parse error"), "{note}");
-        assert_eq!(interpret(502, b"<html>bad gateway</html>").1.as_deref(), Some("HTTP 502"));
+        assert!(
+            note.contains("bad_data") && note.contains("parse error"),
+            "{note}"
+        );
+        assert_eq!(
+            interpret(502, b"<html>bad gateway</html>").1.as_deref(),
+            Some("HTTP 502")
+        );
     }
 
     #[test]
@@ -264,11 +303,19 @@ mod tests {
         assert_eq!(c.unit(), Unit::Ratio);
         let u = c.query_url().unwrap();
         assert_eq!(u.path(), "/prom/api/v1/query");
-        assert_eq!(u.query_pairs().next().unwrap().1, "sum(rate(x{code=~\"5..\"}[1m]))");
-        let d: PromqlProbeConfig = toml::from_str("url = \"http://h:9090\"\nquery = \"up\"\n").unwrap();
+        assert_eq!(
+            u.query_pairs().next().unwrap().1,
+            "sum(rate(x{code=~\"5..\"}[1m]))"
+        );
+        let d: PromqlProbeConfig =
+            toml::from_str("url = \"http://h:9090\"\nquery = \"up\"\n").unwrap();
         assert_eq!(d.unit(), Unit::Number);
-        let e: PromqlProbeConfig = toml::from_str("url = \"http://h:9090\"\nquery = \" \"\n").unwrap();
+        let e: PromqlProbeConfig =
+            toml::from_str("url = \"http://h:9090\"\nquery = \" \"\n").unwrap();
         assert_eq!(e.validate().unwrap_err().0, "query");
-        assert!(toml::from_str::<PromqlProbeConfig>("url = \"http://h\"\nquery = \"up\"\nunit = \"bytes\"\n").is_err());
+        assert!(toml::from_str::<PromqlProbeConfig>(
+            "url = \"http://h\"\nquery = \"up\"\nunit = \"bytes\"\n"
+        )
+        .is_err());
     }
 }
