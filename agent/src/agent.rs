@@ -194,7 +194,6 @@ fn print_banner(
     for (name, r) in &cfg.resources {
         let detail = match &r.provider {
             tourniquet_providers::ResourceConfig::FlagsFile(f) => f.path.display().to_string(),
-            tourniquet_providers::ResourceConfig::Nginx(n) => n.include.display().to_string(),
         };
         out.push_str(&format!(
             "  manages:  {name} ({} {detail})\n",

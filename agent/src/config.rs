@@ -227,7 +227,6 @@ impl AgentConfig {
                         fix(l);
                     }
                 }
-                ResourceConfig::Nginx(c) => c.paths_mut().into_iter().for_each(fix),
             }
         }
     }
