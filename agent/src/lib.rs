@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod audit;
+pub mod audit_export;
 pub mod cli;
 pub mod config;
 pub mod defaults;

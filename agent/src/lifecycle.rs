@@ -302,7 +302,12 @@ impl Lifecycle {
             Err(e) => tracing::error!(command = %rec.id, error = %e, "cannot sign receipt"),
         }
         self.metrics.count_outcome(state.as_str());
-        self.persist(rec, true, json!({"receipt": name}));
+        let note = rec.timeline.last().and_then(|t| t.note.clone());
+        self.persist(
+            rec,
+            true,
+            json!({"receipt": name, "reason_code": rec.reason.map(|r| r.code()), "note": note}),
+        );
         self.metrics.active_hotfixes.set(
             self.lock_inner()
                 .records
@@ -411,7 +416,22 @@ impl Lifecycle {
         rec.guard = self.effective_guard(&payload);
         rec.replay_until = Some(payload.expires.plus(policy.clock_skew()));
         self.metrics.count_command(None);
-        self.step(&mut rec, State::Verified, None, false);
+        rec.transition(State::Verified, None);
+        // Who asked and why, in the hash-chained log itself: it outlives
+        // journal compaction.
+        let kind = if payload.actions.iter().any(|a| a.op == REVERT_OP) { "revert" } else { "hotfix" };
+        self.persist(
+            &rec,
+            false,
+            json!({
+                "issued_at": payload.issued_at,
+                "issuer": payload.issuer,
+                "reason": payload.reason,
+                "ticket": payload.ticket,
+                "kind": kind,
+                "signers": rec.signers.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
+            }),
+        );
 
         let lock = self.apply_lock.clone().lock_owned().await;
         if let Err(e) = self.plan(&mut rec, &payload).await {

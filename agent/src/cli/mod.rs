@@ -284,6 +284,20 @@ pub enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Incident timeline and postmortem metrics from the verified audit log.
+    Export {
+        /// The agent's state dir (default: the embedded default's).
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// How far back, e.g. 24h, 7d.
+        #[arg(long, default_value = "24h")]
+        since: String,
+        #[arg(long, value_enum, default_value_t = crate::audit_export::Format::Json)]
+        format: crate::audit_export::Format,
+        /// Write here (0600) instead of stdout.
+        #[arg(short = 'o', long = "out")]
+        out: Option<PathBuf>,
+    },
 }
 
 /// A CLI failure: the exit code and the one-line reason.
@@ -322,6 +336,21 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Status(args) => client::status(args).await,
         Command::Revert(args) => compose::revert(args).await,
         Command::Audit(AuditCommand::Verify { state, json }) => audit_verify(state, json),
+        Command::Audit(AuditCommand::Export {
+            state,
+            since,
+            format,
+            out,
+        }) => {
+            crate::audit_export::run(state, &since, format, out.as_deref()).map_err(|e| Failure {
+                code: if e.is_broken() {
+                    exit::INVALID
+                } else {
+                    exit::ERROR
+                },
+                message: e.to_string(),
+            })
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
