@@ -12,72 +12,13 @@
 //! clean restart re-processes nothing, and a command that arrives while the
 //! agent starts runs exactly once.
 
-use std::io::{Read, Write};
 use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use tourniquet::envelope::{sha256_hex, Envelope};
 use tourniquet::lifecycle::FAULT_ENV;
 use tourniquet_e2e::*;
-
-/// A loopback HTTP service for the `svc` probe. Healthy (200) unless it is
-/// told to fail while `new_flow` is `off`, then 500 in that state.
-struct ProbeService {
-    port: u16,
-    stop: Arc<AtomicBool>,
-}
-
-impl ProbeService {
-    fn start(flags: PathBuf, fail_when_off: bool) -> ProbeService {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind probe service");
-        let port = listener.local_addr().expect("probe addr").port();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = stop.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                if stopped.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(mut s) = stream else { continue };
-                let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf);
-                let off = std::fs::read(&flags)
-                    .ok()
-                    .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-                    .is_some_and(|v| v["flags"]["new_flow"]["defaultVariant"] == "off");
-                let (code, text) = if fail_when_off && off {
-                    (500, "failing")
-                } else {
-                    (200, "ok")
-                };
-                let resp = format!(
-                    "HTTP/1.1 {code} {text}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
-                    text.len()
-                );
-                let _ = s.write_all(resp.as_bytes());
-            }
-        });
-        ProbeService { port, stop }
-    }
-
-    fn probe_config(&self) -> String {
-        format!(
-            "\n[probes.svc]\nkind = \"http\"\nurl = \"http://127.0.0.1:{}/health\"\nsamples = 2\ninterval = \"20ms\"\n",
-            self.port
-        )
-    }
-}
-
-impl Drop for ProbeService {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
-    }
-}
 
 /// Which command the crash interrupts.
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -170,8 +111,18 @@ fn wait_record(agent: &mut Agent, id: &str, pred: impl Fn(&Value) -> bool) -> Va
 /// `shape`, restarts it, and checks the crash left nothing half done.
 fn crash_after(transition: &str, shape: Shape) {
     let env = Env::new();
-    let svc = ProbeService::start(env.path("flags.json"), shape == Shape::Breaching);
-    env.write_config(&format!("{}{}", env.default_config(), svc.probe_config()));
+    // Healthy, unless the shape wants the probe to fail while new_flow is off.
+    let bad_variant = if shape == Shape::Breaching {
+        "off"
+    } else {
+        "never"
+    };
+    let svc = FlagAwareService::start(env.path("flags.json"), "new_flow", bad_variant);
+    env.write_config(&format!(
+        "{}{}",
+        env.default_config(),
+        svc.probe_config("svc")
+    ));
 
     let mut p = payload(set_new_flow("off"));
     p["guard"] = json!({"probes": ["svc"], "bake": "300ms", "on_breach": "rollback"});

@@ -73,14 +73,7 @@ async fn get_json(client: &reqwest::Client, url: &str) -> Result<(u16, Value), F
 }
 
 fn describe(e: &reqwest::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
+    crate::telemetry::error_chain(e)
 }
 
 /// Sends an envelope and, unless `no_wait`, waits for a settled receipt

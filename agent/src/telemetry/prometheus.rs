@@ -651,28 +651,13 @@ fn no_series(metric: &str, labels: &BTreeMap<String, String>) -> String {
     }
 }
 
-/// An error and its causes, one line.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
-}
-
 /// Fetches and parses one exposition; the time is when it was read.
 async fn scrape(
     client: &reqwest::Client,
     cfg: &PrometheusProbeConfig,
 ) -> Result<(Vec<Series>, Instant, usize), String> {
     let started = Instant::now();
-    let mut resp = client
+    let resp = client
         .get(&cfg.url)
         .timeout(cfg.timeout.0)
         .header(
@@ -681,7 +666,7 @@ async fn scrape(
         )
         .send()
         .await
-        .map_err(|e| format!("unreachable: {}", error_chain(&e)))?;
+        .map_err(|e| format!("unreachable: {}", super::error_chain(&e)))?;
     if !resp.status().is_success() {
         return Err(format!(
             "{} answered HTTP {}",
@@ -689,20 +674,7 @@ async fn scrape(
             resp.status().as_u16()
         ));
     }
-    let mut body = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|e| format!("reading the exposition: {}", error_chain(&e)))?
-    {
-        if body.len() + chunk.len() > MAX_EXPOSITION_BYTES {
-            return Err(format!(
-                "the exposition is over {} MiB",
-                MAX_EXPOSITION_BYTES >> 20
-            ));
-        }
-        body.extend_from_slice(&chunk);
-    }
+    let body = super::read_body_limited(resp, MAX_EXPOSITION_BYTES, "the exposition").await?;
     // The exposition's moment: halfway through the request.
     let at = started + started.elapsed() / 2;
     let series = parse_exposition(&String::from_utf8_lossy(&body))?;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::prometheus::error_chain;
+use super::error_chain;
 use super::{round6, ProbeSample, Unit};
 use crate::payload::{HumanDuration, Timestamp};
 
@@ -207,7 +207,7 @@ async fn fetch(
     url: reqwest::Url,
     timeout: Duration,
 ) -> Result<(u16, Vec<u8>), String> {
-    let mut resp = client
+    let resp = client
         .get(url)
         .timeout(timeout)
         .header(reqwest::header::ACCEPT, "application/json")
@@ -215,20 +215,7 @@ async fn fetch(
         .await
         .map_err(|e| format!("unreachable: {}", error_chain(&e)))?;
     let status = resp.status().as_u16();
-    let mut body = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|e| format!("reading the answer: {}", error_chain(&e)))?
-    {
-        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-            return Err(format!(
-                "the answer is over {} KiB",
-                MAX_RESPONSE_BYTES >> 10
-            ));
-        }
-        body.extend_from_slice(&chunk);
-    }
+    let body = super::read_body_limited(resp, MAX_RESPONSE_BYTES, "the answer").await?;
     Ok((status, body))
 }
 
