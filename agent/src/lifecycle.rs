@@ -275,6 +275,7 @@ impl Lifecycle {
     /// then persists durably, so a settled state always has a receipt.
     fn settle(&self, rec: &mut CommandRecord, state: State, note: Option<String>) {
         rec.transition(state, note);
+        let durable = state != State::Rejected;
         let name = if rec.id.starts_with("sha256:") {
             format!(
                 "rejected-{}.{}",
@@ -292,7 +293,7 @@ impl Lifecycle {
             receipt.command_id = rec.payload.as_ref().map(|p| p.id.clone());
         }
         match receipt.sign(&self.identity.key).map(|env| {
-            let stored = receipt::store(&self.receipts_dir, &name, &env);
+            let stored = receipt::store(&self.receipts_dir, &name, &env, durable);
             (env, stored)
         }) {
             Ok((_, Ok(()))) => rec.receipts.push(name.clone()),
@@ -305,7 +306,7 @@ impl Lifecycle {
         let note = rec.timeline.last().and_then(|t| t.note.clone());
         self.persist(
             rec,
-            true,
+            durable,
             json!({"receipt": name, "reason_code": rec.reason.map(|r| r.code()), "note": note}),
         );
         self.metrics.active_hotfixes.set(

@@ -204,7 +204,10 @@ pub fn verify_receipt(env: &Envelope, agent_public_key: &str) -> Result<Receipt,
 }
 
 /// Writes a signed receipt under `dir` as `NAME.json` (0600).
-pub fn store(dir: &Path, name: &str, env: &Envelope) -> std::io::Result<()> {
+/// `durable` fsyncs it: receipts of changes must survive a power cut;
+/// receipts of rejections (which changed nothing) need not, so junk sent at
+/// the API cannot make the agent fsync.
+pub fn store(dir: &Path, name: &str, env: &Envelope, durable: bool) -> std::io::Result<()> {
     let bytes = serde_json::to_vec_pretty(env)?;
-    tourniquet_providers::write_atomically(&dir.join(format!("{name}.json")), &bytes, 0o600)
+    tourniquet_providers::replace_file(&dir.join(format!("{name}.json")), &bytes, 0o600, durable)
 }
