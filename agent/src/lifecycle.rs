@@ -420,7 +420,11 @@ impl Lifecycle {
         rec.transition(State::Verified, None);
         // Who asked and why, in the hash-chained log itself: it outlives
         // journal compaction.
-        let kind = if payload.actions.iter().any(|a| a.op == REVERT_OP) { "revert" } else { "hotfix" };
+        let kind = if payload.actions.iter().any(|a| a.op == REVERT_OP) {
+            "revert"
+        } else {
+            "hotfix"
+        };
         self.persist(
             &rec,
             false,
