@@ -954,7 +954,7 @@ mod tests {
                 )
                 .unwrap();
             env.add_signature(&sig).unwrap();
-            crate::receipt::store(&self.state().join("receipts"), name, &env).unwrap();
+            crate::receipt::store(&self.state().join("receipts"), name, &env, true).unwrap();
         }
 
         /// Settles like `Lifecycle::settle`: a receipt, then the entry.
