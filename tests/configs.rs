@@ -10,7 +10,7 @@ fn every_example_config_passes_check() {
     for entry in std::fs::read_dir(&dir).expect("configs/") {
         let path = entry.expect("entry").path();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if !name.ends_with("-agent.toml") && !name.ends_with("agent.toml") {
+        if !name.ends_with("agent.toml") && !name.ends_with("-node.toml") {
             continue;
         }
         let out = std::process::Command::new(bin())

@@ -227,6 +227,10 @@ impl AgentConfig {
                         fix(l);
                     }
                 }
+                ResourceConfig::Nginx(c) => c.paths_mut().into_iter().for_each(fix),
+                ResourceConfig::Varnish(c) => c.paths_mut().into_iter().for_each(fix),
+                ResourceConfig::Fastly(c) => c.paths_mut().into_iter().for_each(fix),
+                ResourceConfig::Cloudflare(c) => c.paths_mut().into_iter().for_each(fix),
             }
         }
     }

@@ -1070,7 +1070,7 @@ impl Lifecycle {
             let mut changed = false;
             for i in 0..rec.actions.len() {
                 let a = &rec.actions[i];
-                if a.resource != resource || !a.applied || a.reverted {
+                if a.resource != resource || !a.applied || a.reverted || !a.reversible {
                     continue;
                 }
                 let spec = spec_of(a);

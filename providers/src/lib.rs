@@ -9,8 +9,15 @@
 //! Each provider kind lives in its own folder with its `config.rs` (the
 //! operator-facing, documented schema) beside its runtime.
 
+mod cdn;
+pub mod cloudflare;
+mod duration;
+pub mod fastly;
 pub mod flags_file;
 mod fsutil;
+pub mod nginx;
+pub mod purge;
+pub mod varnish;
 
 use std::path::Path;
 
@@ -104,6 +111,18 @@ pub enum ResourceConfig {
     /// A flagd / OpenFeature flag-definition file.
     #[serde(rename = "flags-file")]
     FlagsFile(flags_file::FlagsFileConfig),
+    /// An nginx server's managed include file: deny lists and brownouts.
+    #[serde(rename = "nginx")]
+    Nginx(Box<nginx::NginxConfig>),
+    /// A Varnish cache: `cdn.purge` through its admin port or HTTP.
+    #[serde(rename = "varnish")]
+    Varnish(Box<varnish::VarnishConfig>),
+    /// A Fastly service: `cdn.purge` through Fastly's API.
+    #[serde(rename = "fastly")]
+    Fastly(Box<fastly::FastlyConfig>),
+    /// A Cloudflare zone: `cdn.purge` through Cloudflare's API.
+    #[serde(rename = "cloudflare")]
+    Cloudflare(Box<cloudflare::CloudflareConfig>),
 }
 
 impl ResourceConfig {
@@ -111,6 +130,10 @@ impl ResourceConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             ResourceConfig::FlagsFile(_) => "flags-file",
+            ResourceConfig::Nginx(_) => "nginx",
+            ResourceConfig::Varnish(_) => "varnish",
+            ResourceConfig::Fastly(_) => "fastly",
+            ResourceConfig::Cloudflare(_) => "cloudflare",
         }
     }
 
@@ -119,6 +142,10 @@ impl ResourceConfig {
     pub fn validate(&self) -> Result<(), String> {
         match self {
             ResourceConfig::FlagsFile(c) => c.validate(),
+            ResourceConfig::Nginx(c) => c.validate(),
+            ResourceConfig::Varnish(c) => c.validate(),
+            ResourceConfig::Fastly(c) => c.validate(),
+            ResourceConfig::Cloudflare(c) => c.validate(),
         }
     }
 
@@ -126,6 +153,12 @@ impl ResourceConfig {
     pub fn build(&self) -> Result<Box<dyn Provider>, ProviderError> {
         match self {
             ResourceConfig::FlagsFile(c) => Ok(Box::new(flags_file::FlagsFile::new(c.clone()))),
+            ResourceConfig::Nginx(c) => Ok(Box::new(nginx::Nginx::new((**c).clone())?)),
+            ResourceConfig::Varnish(c) => Ok(Box::new(varnish::Varnish::new((**c).clone())?)),
+            ResourceConfig::Fastly(c) => Ok(Box::new(fastly::Fastly::new((**c).clone()))),
+            ResourceConfig::Cloudflare(c) => {
+                Ok(Box::new(cloudflare::Cloudflare::new((**c).clone())))
+            }
         }
     }
 }

@@ -4,6 +4,7 @@
 //! Nothing here fakes the agent: tests talk to it over HTTP, drop files in
 //! its inbox, read the files it writes, and kill it to test recovery.
 
+pub mod edge;
 pub mod metrics_service;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
