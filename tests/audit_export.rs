@@ -282,7 +282,21 @@ fn an_incident_exports_as_a_timeline_with_postmortem_numbers() {
     let file: Value =
         serde_json::from_slice(&std::fs::read(env.path("export.json")).unwrap()).unwrap();
     assert_eq!(file["summary"]["applied"], 4);
-    std::thread::sleep(Duration::from_millis(1100));
+    // Wait until the newest audit entry is more than a second old.
+    let newest = env
+        .audit_entries()
+        .last()
+        .and_then(|e| {
+            e["at"]
+                .as_str()
+                .and_then(|t| humantime::parse_rfc3339(t).ok())
+        })
+        .expect("an audit entry");
+    wait_for(
+        "the log's newest entry to age past 1s",
+        Duration::from_secs(10),
+        || (std::time::SystemTime::now() > newest + Duration::from_millis(1100)).then_some(()),
+    );
     let (code, out, err) = env.cli(&["audit", "export", "--state", "state", "--since", "1s"]);
     assert_eq!(code, 0, "{out}{err}");
     let empty: Value = serde_json::from_str(&out).unwrap();
