@@ -97,8 +97,6 @@ pub async fn run(cfg: AgentConfig, dev_mode: bool) -> Result<(), String> {
 
     // Taken before any transport starts: what arrives from now on is live.
     let pending = lc.unsettled();
-    let _policy_watch = watch_policy(lc.clone(), cfg.agent.policy.clone())?;
-    let _drift_watches = watch_drift(&lc)?;
 
     // Bind before anything slow so readiness is immediate.
     let listener = if cfg.api.enabled {
@@ -124,6 +122,12 @@ pub async fn run(cfg: AgentConfig, dev_mode: bool) -> Result<(), String> {
     if let Some((listener, tls, _)) = listener {
         tokio::spawn(transport::http::serve(lc.clone(), listener, tls));
     }
+    // Watches are set up once the API answers: each costs a round trip to
+    // the watcher's thread, and readiness must not wait for them. Each one
+    // re-checks its file once it is in place, so nothing between loading
+    // and watching is missed.
+    let _policy_watch = watch_policy(lc.clone(), cfg.agent.policy.clone())?;
+    let _drift_watches = watch_drift(&lc)?;
     // Recorded after the API is up: start-up fsyncs must not delay readiness.
     lc.audit_event(
         "agent_started",
@@ -271,6 +275,8 @@ fn watch_drift(lc: &Arc<Lifecycle>) -> Result<Vec<notify::RecommendedWatcher>, S
                 watchers.push(watcher);
                 let lc = lc.clone();
                 tokio::spawn(async move {
+                    // A change between start-up and the watch is caught here.
+                    lc.check_drift(&name).await;
                     while let Some(p) = events.recv().await {
                         if p.file_name() == file.as_deref() {
                             lc.check_drift(&name).await;
