@@ -114,17 +114,8 @@ fn an_incident_exports_as_a_timeline_with_postmortem_numbers() {
     let (code, out) = flag_set(&env, &agent, "new_flow", "off", &["--hold", "1h"]);
     assert_eq!(code, 0, "{out}");
     let undone = id_of(&out);
-    let (code, out, err) = env.cli(&[
-        "revert",
-        &undone,
-        "--reason",
-        "INC-9 resolved",
-        "--key",
-        "bob_ed25519",
-        "--send",
-        &agent.url,
-        "--json",
-    ]);
+    let (code, out, err) =
+        env.revert_cli(&undone, "INC-9 resolved", "bob", &agent.url, &["--json"]);
     assert_eq!(code, 0, "{out}{err}");
     let revert = id_of(&out);
 

@@ -156,32 +156,13 @@ fn a_revert_command_undoes_an_earlier_one_once() {
     let (code, out, err) = flag_set_cli(&env, &agent, &["--hold", "1h", "--json"]);
     assert_eq!(code, 0, "{out}{err}");
     let id = id_from_json(&out);
-    let (code, out, err) = env.cli(&[
-        "revert",
-        &id,
-        "--reason",
-        "INC-1 resolved",
-        "--key",
-        "bob_ed25519",
-        "--send",
-        &agent.url,
-        "--json",
-    ]);
+    let (code, out, err) = env.revert_cli(&id, "INC-1 resolved", "bob", &agent.url, &["--json"]);
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(env.variant("new_flow"), "on");
     let (_, original) = get_json(&agent, &format!("/v1/commands/{id}"));
     assert_eq!(original["state"], "reverted");
     assert_eq!(original["related"], id_from_json(&out).as_str());
-    let (code, _, err) = env.cli(&[
-        "revert",
-        &id,
-        "--reason",
-        "again",
-        "--key",
-        "bob_ed25519",
-        "--send",
-        &agent.url,
-    ]);
+    let (code, _, err) = env.revert_cli(&id, "again", "bob", &agent.url, &[]);
     assert_eq!(code, 2, "reverting twice is rejected: {err}");
     assert!(err.contains("invalid_action"), "{err}");
 }
@@ -343,16 +324,7 @@ fn a_newer_hotfix_on_the_same_flag_supersedes_the_older() {
         .collect();
     assert_eq!(ids, vec![second.as_str()]);
     // Reverting the newer one restores what was there before both.
-    let (code, _, err) = env.cli(&[
-        "revert",
-        &second,
-        "--reason",
-        "done",
-        "--key",
-        "alice_ed25519",
-        "--send",
-        &agent.url,
-    ]);
+    let (code, _, err) = env.revert_cli(&second, "done", "alice", &agent.url, &[]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(env.variant("new_flow"), "on");
 }
@@ -540,16 +512,7 @@ fn drift_is_reasserted_in_place_and_across_five_renames() {
     assert!(!rec["drifts"].as_array().unwrap().is_empty());
     // Our own revert is not drift.
     let before = drift_count(&env, &id);
-    let (code, _, err) = env.cli(&[
-        "revert",
-        &id,
-        "--reason",
-        "done",
-        "--key",
-        "alice_ed25519",
-        "--send",
-        &agent.url,
-    ]);
+    let (code, _, err) = env.revert_cli(&id, "done", "alice", &agent.url, &[]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(env.variant("new_flow"), "on");
     assert_eq!(drift_count(&env, &id), before);

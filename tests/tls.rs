@@ -106,42 +106,29 @@ fn client(env: &Env, identity: Option<&str>) -> reqwest::Client {
 /// GET URL; Ok(status) or the error chain as text.
 fn get(rt: &tokio::runtime::Runtime, c: &reqwest::Client, url: &str) -> Result<u16, String> {
     rt.block_on(async {
-        let resp = c.get(url).send().await.map_err(|e| chain(&e))?;
+        let resp = c
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| tourniquet::telemetry::error_chain(&e))?;
         let status = resp.status().as_u16();
         // Reading the body surfaces an alert the server sends after the
         // handshake (TLS 1.3 client-auth failures arrive that way).
-        resp.bytes().await.map_err(|e| chain(&e))?;
+        resp.bytes()
+            .await
+            .map_err(|e| tourniquet::telemetry::error_chain(&e))?;
         Ok(status)
     })
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
 }
 
 /// Waits until `GET /healthz` answers 200 over TLS with this client.
 fn wait_ready(rt: &tokio::runtime::Runtime, c: &reqwest::Client, url: &str) {
     let health = format!("{url}/healthz");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let last = match get(rt, c, &health) {
-            Ok(200) => return,
-            Ok(s) => format!("status {s}"),
-            Err(e) => e,
-        };
-        assert!(
-            Instant::now() < deadline,
-            "{health} did not answer 200 over TLS: {last}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for(
+        &format!("{health} to answer 200 over TLS"),
+        Duration::from_secs(20),
+        || matches!(get(rt, c, &health), Ok(200)).then_some(()),
+    );
 }
 
 fn flag_set(env: &Env, variant: &str, url: &str, conn: &[&str]) -> (i32, String, String) {

@@ -222,6 +222,23 @@ path = "flags.json"
             .collect()
     }
 
+    /// `tourniquet revert ID --reason R --key KEY_ed25519 --send URL EXTRA…`.
+    pub fn revert_cli(
+        &self,
+        id: &str,
+        reason: &str,
+        key: &str,
+        url: &str,
+        extra: &[&str],
+    ) -> (i32, String, String) {
+        let key = format!("{key}_ed25519");
+        let mut args = vec![
+            "revert", id, "--reason", reason, "--key", &key, "--send", url,
+        ];
+        args.extend_from_slice(extra);
+        self.cli(&args)
+    }
+
     /// Runs the CLI in the test dir; returns (exit code, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
         let out = Command::new(bin())
