@@ -98,6 +98,14 @@ pub async fn run(cfg: AgentConfig, dev_mode: bool) -> Result<(), String> {
     // Taken before any transport starts: what arrives from now on is live.
     let pending = lc.unsettled();
 
+    // The inbox exists before the agent says it is ready, so a sender that
+    // saw the banner or a healthy /healthz can always drop a file into it;
+    // files dropped before the watch starts are picked up when it does.
+    if let Some(inbox) = &cfg.inbox {
+        crate::state::create_private_dir(&inbox.dir)
+            .map_err(|e| format!("inbox {}: {e}", inbox.dir.display()))?;
+    }
+
     // Bind before anything slow so readiness is immediate.
     let listener = if cfg.api.enabled {
         let tls = transport::http::tls_acceptor(&cfg.api)?;
@@ -141,8 +149,6 @@ pub async fn run(cfg: AgentConfig, dev_mode: bool) -> Result<(), String> {
     if let Some(inbox) = &cfg.inbox {
         let lc = lc.clone();
         let dir = inbox.dir.clone();
-        crate::state::create_private_dir(&dir)
-            .map_err(|e| format!("inbox {}: {e}", dir.display()))?;
         tokio::spawn(async move {
             if let Err(e) = transport::inbox::run(lc, dir).await {
                 tracing::error!(error = %e, "inbox stopped");

@@ -92,6 +92,12 @@ pub async fn deliver(env: &Envelope, dest: &str, conn: &Conn, no_wait: bool) -> 
             } else {
                 id.clone()
             };
+            if !dir.is_dir() {
+                return Err(Failure::error(format!(
+                    "{} is not a directory: point dir: at the [inbox] dir of a running agent, which creates it",
+                    dir.display()
+                )));
+            }
             let tmp = dir.join(format!(".{name}.json.tmp"));
             let final_path = dir.join(format!("{name}.json"));
             std::fs::write(&tmp, env.to_json_pretty())
