@@ -46,8 +46,19 @@ pub fn check(cfg: &AgentConfig) -> Result<String, String> {
     ))
 }
 
-/// Runs the agent until SIGINT or SIGTERM.
-pub async fn run(cfg: AgentConfig, dev_mode: bool) -> Result<(), String> {
+/// An agent's lifecycle built from its config, before any transport runs.
+pub struct Built {
+    pub lc: Arc<Lifecycle>,
+    pub agent_id: String,
+    pub policy_sha: String,
+    pub policy_summary: String,
+    pub created_key: bool,
+}
+
+/// Opens the state dir, key, policy, providers, journal and audit log.
+/// `run` serves what this builds; the fleet bench builds thousands in one
+/// process and attaches only the NATS transport.
+pub fn build(cfg: &AgentConfig) -> Result<Built, String> {
     let agent_id = cfg.agent_id();
     let state_dir = cfg.agent.state_dir.clone();
     crate::state::create_private_dir(&state_dir)
@@ -94,6 +105,25 @@ pub async fn run(cfg: AgentConfig, dev_mode: bool) -> Result<(), String> {
     if loaded.skipped > 0 {
         tracing::warn!(lines = loaded.skipped, "journal had torn lines; skipped");
     }
+    Ok(Built {
+        lc,
+        agent_id,
+        policy_sha,
+        policy_summary,
+        created_key,
+    })
+}
+
+/// Runs the agent until SIGINT or SIGTERM.
+pub async fn run(cfg: AgentConfig, dev_mode: bool) -> Result<(), String> {
+    let Built {
+        lc,
+        agent_id,
+        policy_sha,
+        policy_summary,
+        created_key,
+    } = build(&cfg)?;
+    let state_dir = cfg.agent.state_dir.clone();
 
     // Taken before any transport starts: what arrives from now on is live.
     let pending = lc.unsettled();
@@ -142,6 +172,11 @@ pub async fn run(cfg: AgentConfig, dev_mode: bool) -> Result<(), String> {
         json!({"agent": agent_id, "version": env!("CARGO_PKG_VERSION"), "policy_sha256": policy_sha}),
     );
 
+    // Before recovery settles anything, so receipts of recovered fleet
+    // commands are published too.
+    if let Some(nats) = &cfg.nats {
+        transport::nats::start(lc.clone(), nats.clone(), &state_dir).await?;
+    }
     {
         let lc = lc.clone();
         tokio::spawn(async move { lc.recover(pending).await });
@@ -230,6 +265,14 @@ fn print_banner(
         if !addr.ip().is_loopback() && !tls {
             out.push_str("WARNING: the API listens on a non-loopback address without TLS (insecure = true)\n");
         }
+    }
+    if let Some(n) = &cfg.nats {
+        out.push_str(&format!(
+            "  fleet:    {} on {} (subject {})\n",
+            n.fleet,
+            n.url,
+            crate::fleet::command_subject(&n.fleet)
+        ));
     }
     if let Some(i) = &cfg.inbox {
         out.push_str(&format!("  inbox:    {}\n", i.dir.display()));

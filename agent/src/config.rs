@@ -45,6 +45,54 @@ pub struct AgentConfig {
     /// Probes guards may name.
     #[serde(default)]
     pub probes: BTreeMap<String, ProbeConfig>,
+    /// Join a fleet over NATS JetStream.
+    #[serde(default)]
+    pub nats: Option<NatsSection>,
+}
+
+/// `[nats]`: fleet commands over NATS JetStream (see `crate::fleet`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsSection {
+    /// Server URLs, comma-separated, e.g. `nats://10.0.0.5:4222,nats://10.0.0.6:4222`.
+    pub url: String,
+    /// The fleet this agent belongs to: commands arrive on `tourniquet.cmd.<fleet>`.
+    pub fleet: String,
+    /// A NATS credentials file (JWT + nkey seed) for a least-privilege user
+    /// (see infra/nats/). Must not be readable by group or others.
+    #[serde(default)]
+    pub credentials: Option<PathBuf>,
+    /// Create the two streams when missing. Off by default: creating streams
+    /// is an operator action (`tourniquet fleet init`), and a least-privilege
+    /// agent may not.
+    #[serde(default)]
+    pub create_streams: bool,
+    /// Upper bound of the jittered reconnect backoff. Default 30s.
+    #[serde(default = "default_max_reconnect")]
+    pub max_reconnect_delay: crate::payload::HumanDuration,
+    /// How often the agent announces itself on `tourniquet.hb.<agent-id>`. Default 30s.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat: crate::payload::HumanDuration,
+    /// Receipts kept on disk while NATS is unreachable; beyond it the oldest
+    /// are dropped (they stay in the receipts dir). Default 10000.
+    #[serde(default = "default_spool_limit")]
+    pub spool_limit: usize,
+    /// Timeout of each JetStream request (ack, direct get). Default 5s.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout: crate::payload::HumanDuration,
+}
+
+fn default_max_reconnect() -> crate::payload::HumanDuration {
+    crate::payload::HumanDuration(std::time::Duration::from_secs(30))
+}
+fn default_heartbeat() -> crate::payload::HumanDuration {
+    crate::payload::HumanDuration(std::time::Duration::from_secs(30))
+}
+fn default_spool_limit() -> usize {
+    10_000
+}
+fn default_request_timeout() -> crate::payload::HumanDuration {
+    crate::payload::HumanDuration(std::time::Duration::from_secs(5))
 }
 
 /// `[agent]`: identity and where state lives.
@@ -219,6 +267,9 @@ impl AgentConfig {
         if let Some(i) = &mut self.inbox {
             fix(&mut i.dir);
         }
+        if let Some(c) = self.nats.as_mut().and_then(|n| n.credentials.as_mut()) {
+            fix(c);
+        }
         for r in self.resources.values_mut() {
             match &mut r.provider {
                 ResourceConfig::FlagsFile(c) => {
@@ -248,6 +299,40 @@ impl AgentConfig {
                     "agent.id".into(),
                     format!("{id:?} must be 1-64 of [A-Za-z0-9._-]"),
                 ));
+            }
+        }
+        if let Some(n) = &self.nats {
+            if !crate::fleet::valid_token(&n.fleet) {
+                return Err(invalid(
+                    "nats.fleet".into(),
+                    format!(
+                        "{:?} must be 1-64 of [A-Za-z0-9_-] (it is a subject token)",
+                        n.fleet
+                    ),
+                ));
+            }
+            if n.url.split(',').any(|u| {
+                let u = u.trim();
+                !(u.starts_with("nats://") || u.starts_with("tls://"))
+            }) {
+                return Err(invalid(
+                    "nats.url".into(),
+                    format!("{:?}: each URL must start with nats:// or tls://", n.url),
+                ));
+            }
+            if n.max_reconnect_delay.0.is_zero() || n.heartbeat.0.is_zero() {
+                return Err(invalid(
+                    "nats".into(),
+                    "max_reconnect_delay and heartbeat must be above 0".into(),
+                ));
+            }
+            if let Some(id) = &self.agent.id {
+                if !crate::fleet::valid_token(id) {
+                    return Err(invalid(
+                        "agent.id".into(),
+                        format!("{id:?}: a fleet agent's id is a subject token, so no dots"),
+                    ));
+                }
             }
         }
         let api = &self.api;

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod defaults;
 pub mod envelope;
+pub mod fleet;
 pub mod glob;
 pub mod journal;
 pub mod keys;

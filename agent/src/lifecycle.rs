@@ -27,7 +27,7 @@ use crate::glob::glob_match;
 use crate::journal::Journal;
 use crate::keys::Signer;
 use crate::metrics::Metrics;
-use crate::payload::{Guard, OnBreach, Payload, Timestamp, REVERT_OP};
+use crate::payload::{Guard, OnBreach, Payload, Target, Timestamp, HALT_OP, REVERT_OP};
 use crate::policy::{Policy, MAX_ENVELOPE_BYTES};
 use crate::receipt::{self, AgentRef, Receipt};
 use crate::record::{ActionRecord, CommandRecord, State};
@@ -86,6 +86,24 @@ pub struct Lifecycle {
     changed: watch::Sender<u64>,
     pub metrics: Metrics,
     fault_after: Option<State>,
+    /// Where settled receipts go besides the receipts dir: the fleet
+    /// transport publishes them.
+    receipt_sink: Mutex<Option<tokio::sync::mpsc::UnboundedSender<SettledReceipt>>>,
+}
+
+/// A receipt just signed and stored, for transports that pass it on.
+#[derive(Debug, Clone)]
+pub struct SettledReceipt {
+    /// The file name under `receipts/` (unique per receipt).
+    pub name: String,
+    /// The command id, or `None` when the envelope never yielded one.
+    pub command_id: Option<String>,
+    /// The transport the command arrived through.
+    pub transport: String,
+    pub outcome: String,
+    pub reason_code: Option<String>,
+    /// The signed receipt envelope, as JSON.
+    pub envelope: Vec<u8>,
 }
 
 fn now() -> Timestamp {
@@ -139,7 +157,13 @@ impl Lifecycle {
             changed: watch::channel(0).0,
             metrics,
             fault_after,
+            receipt_sink: Mutex::new(None),
         }))
+    }
+
+    /// Sends every receipt settled from now on to `sink` as well.
+    pub fn set_receipt_sink(&self, sink: tokio::sync::mpsc::UnboundedSender<SettledReceipt>) {
+        *self.receipt_sink.lock().unwrap_or_else(|e| e.into_inner()) = Some(sink);
     }
 
     pub fn identity(&self) -> &Identity {
@@ -296,7 +320,24 @@ impl Lifecycle {
             let stored = receipt::store(&self.receipts_dir, &name, &env, durable);
             (env, stored)
         }) {
-            Ok((_, Ok(()))) => rec.receipts.push(name.clone()),
+            Ok((env, Ok(()))) => {
+                rec.receipts.push(name.clone());
+                let sink = self
+                    .receipt_sink
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                if let Some(sink) = sink {
+                    let _ = sink.send(SettledReceipt {
+                        name: name.clone(),
+                        command_id: receipt.command_id.clone(),
+                        transport: rec.transport.clone(),
+                        outcome: receipt.outcome.clone(),
+                        reason_code: receipt.reason_code.clone(),
+                        envelope: serde_json::to_vec(&env).unwrap_or_default(),
+                    });
+                }
+            }
             Ok((_, Err(e))) => {
                 tracing::error!(command = %rec.id, error = %e, "cannot store receipt")
             }
@@ -320,6 +361,18 @@ impl Lifecycle {
 
     /// Entry point of every transport: takes raw envelope bytes.
     pub async fn submit(self: &Arc<Self>, bytes: &[u8], transport: &str) -> Submission {
+        self.submit_gated(bytes, transport, None).await
+    }
+
+    /// Like [`Lifecycle::submit`], but a command that verifies is refused
+    /// with `hold_back` instead of planned: the fleet transport's way to
+    /// answer `halted` with a full, signed rejection receipt.
+    pub async fn submit_gated(
+        self: &Arc<Self>,
+        bytes: &[u8],
+        transport: &str,
+        hold_back: Option<Rejection>,
+    ) -> Submission {
         let sha = sha256_hex(bytes);
         let mut rec = CommandRecord {
             id: format!("sha256:{sha}"),
@@ -359,7 +412,15 @@ impl Lifecycle {
         }
         self.step(&mut rec, State::Received, None, false);
         let span = tracing::info_span!("command", envelope = %&rec.envelope_sha256[..16]);
-        self.process(rec).instrument(span).await
+        self.process(rec, hold_back).instrument(span).await
+    }
+
+    /// Verifies an envelope against the current policy without recording
+    /// anything: for transports that must read a command's targeting or
+    /// rollout before deciding whether it is theirs. The command still goes
+    /// through [`Lifecycle::submit`], which verifies it again.
+    pub fn peek(&self, bytes: &[u8]) -> Result<crate::policy::VerifiedCommand, Rejection> {
+        self.policy().verify_envelope(bytes, now())
     }
 
     fn reject(&self, mut rec: CommandRecord, rejection: Rejection) -> Submission {
@@ -384,7 +445,11 @@ impl Lifecycle {
     /// Verifies, checks and plans a received command; journals it and
     /// starts execution. Used for fresh commands and for recovery of ones
     /// that had not reached `journaled`.
-    async fn process(self: &Arc<Self>, mut rec: CommandRecord) -> Submission {
+    async fn process(
+        self: &Arc<Self>,
+        mut rec: CommandRecord,
+        hold_back: Option<Rejection>,
+    ) -> Submission {
         let policy = self.policy();
         let started = Instant::now();
         let verified = match policy.verify_envelope(rec.envelope.as_bytes(), now()) {
@@ -409,6 +474,9 @@ impl Lifecycle {
                     ),
                 ),
             );
+        }
+        if let Some(rej) = hold_back {
+            return self.reject(rec, rej);
         }
         if let Err(rej) = self.check_command(&payload, &rec.signers, &policy) {
             return self.reject(rec, rej);
@@ -495,7 +563,18 @@ impl Lifecycle {
         signers: &[crate::policy::TrustedSigner],
         policy: &Policy,
     ) -> Result<(), Rejection> {
-        let t = &p.target;
+        self.check_target(&p.target)?;
+        if p.actions.iter().any(|a| a.op == HALT_OP) {
+            return Err(Rejection::new(
+                Reason::InvalidAction,
+                "halt stops a fleet rollout: send it over NATS (tourniquet halt ID --send nats://…)",
+            ));
+        }
+        self.check_actions(p, signers, policy)
+    }
+
+    /// Whether this agent is one the target names.
+    pub fn check_target(&self, t: &Target) -> Result<(), Rejection> {
         if !t.agents.is_empty() && !t.agents.iter().any(|a| a == &self.identity.id) {
             return Err(Rejection::new(
                 Reason::NotTargeted,
@@ -519,6 +598,15 @@ impl Lifecycle {
                 }
             }
         }
+        Ok(())
+    }
+
+    fn check_actions(
+        &self,
+        p: &Payload,
+        signers: &[crate::policy::TrustedSigner],
+        policy: &Policy,
+    ) -> Result<(), Rejection> {
         let reverts = p.actions.iter().filter(|a| a.op == REVERT_OP).count();
         if reverts > 0 && p.actions.len() > 1 {
             return Err(Rejection::new(
@@ -1003,7 +1091,7 @@ impl Lifecycle {
                         inner.records.remove(&id);
                         inner.records.insert(fresh.id.clone(), fresh.clone());
                     }
-                    let _ = self.process(fresh).await;
+                    let _ = self.process(fresh, None).await;
                 }
                 State::Journaled | State::Sampled => {
                     self.audit_recovery(&rec, "finishing: applying the journaled intent");

@@ -13,7 +13,16 @@ fn main() -> ExitCode {
     let filter: Targets = std::env::var("TOURNIQUET_LOG")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO));
+        .unwrap_or_else(|| {
+            // The agent logs what it does; the CLI only warnings, so its
+            // output stays what the operator asked for.
+            let level = if matches!(cli.command, tourniquet::cli::Command::Agent(_)) {
+                LevelFilter::INFO
+            } else {
+                LevelFilter::WARN
+            };
+            Targets::new().with_default(level)
+        });
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     if cli.log_format == LogFormat::Json {
         tracing_subscriber::registry()

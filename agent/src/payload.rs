@@ -122,6 +122,10 @@ pub struct Payload {
     pub guard: Option<Guard>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<Rollout>,
+    /// How many agents the sender expects to answer, so a fleet view can
+    /// say "n of expected" and name the silent ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<u32>,
     /// Plan only: capture before-state and intended after-state, change nothing.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
@@ -322,13 +326,20 @@ impl<'de> Deserialize<'de> for Percent {
     }
 }
 
-/// Fleet waves (carried for fleet transports; a single agent ignores it).
+/// Fleet waves, honoured by the NATS transport (`crate::fleet`): an agent
+/// joins the first wave `w` with `hash(command, agent) mod 100 < w`, and
+/// wave k starts `k × wave_bake` after `not_before`. The HTTP API and the
+/// inbox talk to one agent and apply at once.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rollout {
+    /// Cumulative percentages, ascending, ending at 100, e.g. `[1, 10, 50, 100]`.
     pub waves: Vec<u32>,
+    /// Time between wave starts. Default 60s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wave_bake: Option<HumanDuration>,
+    /// Failure or rollback receipts from earlier waves at which later waves
+    /// halt. 0 (the default) means the first failure halts.
     #[serde(default)]
     pub max_failures: u32,
 }
@@ -346,6 +357,10 @@ pub struct Action {
 /// The op that undoes an earlier command on this agent.
 pub const REVERT_OP: &str = "revert";
 
+/// The op that stops a fleet rollout: agents whose wave has not started
+/// report `halted` instead of applying.
+pub const HALT_OP: &str = "halt";
+
 impl Action {
     pub fn spec(&self) -> ActionSpec {
         ActionSpec {
@@ -357,6 +372,13 @@ impl Action {
     /// For `revert`, the command it undoes.
     pub fn revert_target(&self) -> Option<&str> {
         (self.op == REVERT_OP)
+            .then(|| self.params.get("command").and_then(Value::as_str))
+            .flatten()
+    }
+
+    /// The command a `halt` action stops.
+    pub fn halt_target(&self) -> Option<&str> {
+        (self.op == HALT_OP)
             .then(|| self.params.get("command").and_then(Value::as_str))
             .flatten()
     }
@@ -409,7 +431,7 @@ impl<'de> Deserialize<'de> for Action {
         };
         let resource = match m.remove("resource") {
             Some(Value::String(s)) if !s.is_empty() => Some(s),
-            None if op == REVERT_OP => None,
+            None if op == REVERT_OP || op == HALT_OP => None,
             None => {
                 return Err(de::Error::custom(format!(
                     "action {op:?}: missing \"resource\""
@@ -421,13 +443,13 @@ impl<'de> Deserialize<'de> for Action {
                 ))
             }
         };
-        if op == REVERT_OP {
+        if op == REVERT_OP || op == HALT_OP {
             match (m.get("command").and_then(Value::as_str), m.len()) {
                 (Some(c), 1) if ulid::Ulid::from_string(c).is_ok() => {}
                 _ => {
-                    return Err(de::Error::custom(
-                        "action revert: takes exactly {\"command\": \"<ULID>\"}",
-                    ))
+                    return Err(de::Error::custom(format!(
+                        "action {op}: takes exactly {{\"command\": \"<ULID>\"}}"
+                    )))
                 }
             }
         }
@@ -535,6 +557,20 @@ impl Payload {
             if g.probes.is_empty() {
                 return Err("guard.probes must not be empty".into());
             }
+        }
+        if let Some(r) = &self.rollout {
+            if r.waves.is_empty() || r.waves.len() > 20 {
+                return Err("rollout.waves must list 1 to 20 percentages".into());
+            }
+            if r.waves.windows(2).any(|w| w[0] >= w[1]) || r.waves[0] == 0 {
+                return Err("rollout.waves must be strictly ascending and above 0".into());
+            }
+            if r.waves.last() != Some(&100) {
+                return Err("rollout.waves must end at 100, so every agent is in a wave".into());
+            }
+        }
+        if self.actions.iter().any(|a| a.op == HALT_OP) && self.actions.len() > 1 {
+            return Err("halt must be the only action of its command".into());
         }
         Ok(())
     }

@@ -29,11 +29,14 @@ pub enum Reason {
     UnknownResource,
     InvalidAction,
     PolicyExpired,
+    /// A fleet rollout stopped before this agent's wave: too many failures
+    /// in earlier waves, or a signed `halt`. Nothing was applied.
+    Halted,
 }
 
 impl Reason {
     /// Every reason, for docs, metrics and tests.
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 18] = [
         Reason::BadEnvelope,
         Reason::BadPayload,
         Reason::TooLarge,
@@ -51,6 +54,7 @@ impl Reason {
         Reason::UnknownResource,
         Reason::InvalidAction,
         Reason::PolicyExpired,
+        Reason::Halted,
     ];
 
     /// The stable code, e.g. `quorum_not_met`.
@@ -73,6 +77,7 @@ impl Reason {
             Reason::UnknownResource => "unknown_resource",
             Reason::InvalidAction => "invalid_action",
             Reason::PolicyExpired => "policy_expired",
+            Reason::Halted => "halted",
         }
     }
 
@@ -94,6 +99,7 @@ impl Reason {
             | Reason::NotTargeted
             | Reason::InvalidAction => 422,
             Reason::PolicyExpired => 503,
+            Reason::Halted => 409,
         }
     }
 }

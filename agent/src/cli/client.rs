@@ -13,6 +13,8 @@ use crate::envelope::Envelope;
 pub enum Destination {
     Http(String),
     Dir(PathBuf),
+    /// A fleet: NATS server URL(s); the fleet name comes from `--fleet`.
+    Nats(String),
 }
 
 impl Destination {
@@ -23,13 +25,11 @@ impl Destination {
         if text.starts_with("http://") || text.starts_with("https://") {
             return Ok(Destination::Http(text.trim_end_matches('/').to_string()));
         }
-        if text.starts_with("nats://") {
-            return Err(Failure::error(
-                "nats:// destinations are not supported yet; send to an agent's http:// API or dir: inbox",
-            ));
+        if text.starts_with("nats://") || text.starts_with("tls://") {
+            return Ok(Destination::Nats(text.to_string()));
         }
         Err(Failure::error(format!(
-            "{text:?} is not a destination: use http[s]://HOST:PORT or dir:PATH"
+            "{text:?} is not a destination: use http[s]://HOST:PORT, dir:PATH or nats://HOST:PORT"
         )))
     }
 }
@@ -86,6 +86,7 @@ pub async fn deliver(env: &Envelope, dest: &str, conn: &Conn, no_wait: bool) -> 
         .and_then(|v| v.get("id").and_then(Value::as_str).map(String::from))
         .unwrap_or_default();
     match Destination::parse(dest)? {
+        Destination::Nats(url) => super::fleet::publish(env, &url, conn).await,
         Destination::Dir(dir) => {
             let name = if id.is_empty() {
                 "command".to_string()
@@ -235,6 +236,9 @@ pub async fn send_file(args: SendArgs) -> CliResult {
 }
 
 pub async fn status(args: StatusArgs) -> CliResult {
+    if let Some(url) = &args.nats {
+        return super::fleet::status(&args, url).await;
+    }
     let client = http_client(&args.conn)?;
     let base = args.agent.trim_end_matches('/');
     match &args.id {

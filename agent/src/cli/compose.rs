@@ -12,7 +12,7 @@ use super::{
 use crate::envelope::{self, Envelope, COMMAND_NAMESPACE, COMMAND_PAYLOAD_TYPE};
 use crate::keys::{self, Signer};
 use crate::payload::{
-    Action, Guard, HumanDuration, OnBreach, Payload, Target, Timestamp, REVERT_OP,
+    Action, Guard, HumanDuration, OnBreach, Payload, Target, Timestamp, HALT_OP, REVERT_OP,
 };
 use crate::policy::Policy;
 
@@ -104,11 +104,44 @@ fn compose(common: &Common, actions: Vec<Action>) -> Result<Payload, Failure> {
         actions,
         hold,
         guard,
-        rollout: None,
+        rollout: rollout(common)?,
+        expect: common.expect,
         dry_run: common.dry_run,
     };
     payload.check().map_err(Failure::error)?;
     Ok(payload)
+}
+
+/// `--waves 1,10,50,100 --wave-bake 60s --max-failures 0`.
+fn rollout(common: &Common) -> Result<Option<crate::payload::Rollout>, Failure> {
+    let Some(text) = &common.waves else {
+        if common.wave_bake.is_some() || common.max_failures.is_some() {
+            return Err(Failure::error(
+                "--wave-bake and --max-failures need --waves (e.g. --waves 1,10,50,100)",
+            ));
+        }
+        return Ok(None);
+    };
+    let waves = text
+        .split(',')
+        .map(|w| {
+            w.trim()
+                .trim_end_matches('%')
+                .parse::<u32>()
+                .map_err(|_| Failure::error(format!("--waves: {w:?} is not a percentage")))
+        })
+        .collect::<Result<Vec<u32>, Failure>>()?;
+    let wave_bake = common
+        .wave_bake
+        .as_deref()
+        .map(HumanDuration::parse)
+        .transpose()
+        .map_err(|e| Failure::error(format!("--wave-bake: {e}")))?;
+    Ok(Some(crate::payload::Rollout {
+        waves,
+        wave_bake,
+        max_failures: common.max_failures.unwrap_or(0),
+    }))
 }
 
 /// The signing key: --key, $TOURNIQUET_KEY, or the dev key.
@@ -215,6 +248,16 @@ pub async fn revert(args: RevertArgs) -> CliResult {
     let payload = compose(
         &args.common,
         vec![action(None, REVERT_OP, vec![("command", args.id.clone())])],
+    )?;
+    sign_and_deliver(&args.common, payload).await
+}
+
+pub async fn halt(args: RevertArgs) -> CliResult {
+    ulid::Ulid::from_string(&args.id)
+        .map_err(|_| Failure::error(format!("{:?} is not a command id (a ULID)", args.id)))?;
+    let payload = compose(
+        &args.common,
+        vec![action(None, HALT_OP, vec![("command", args.id.clone())])],
     )?;
     sign_and_deliver(&args.common, payload).await
 }

@@ -6,6 +6,7 @@
 
 mod client;
 mod compose;
+mod fleet;
 mod render;
 
 use std::path::PathBuf;
@@ -79,12 +80,17 @@ pub enum Command {
     Sign(SignArgs),
     /// Offline: would an agent with this policy accept the envelope, and why not?
     Verify(VerifyArgs),
-    /// Send a signed envelope to an agent (http[s]://HOST:PORT) or inbox (dir:PATH).
+    /// Send a signed envelope to an agent (http[s]://HOST:PORT), an inbox (dir:PATH) or a fleet (nats://HOST:PORT).
     Send(SendArgs),
     /// Show a command's state and receipt, or the agent's active hotfixes.
     Status(StatusArgs),
     /// Undo an earlier command on the agent (a signed `revert`).
     Revert(RevertArgs),
+    /// Stop a fleet rollout: agents whose wave has not started report `halted`.
+    Halt(RevertArgs),
+    /// Fleet tools over NATS JetStream: create the streams, list agents.
+    #[command(subcommand)]
+    Fleet(FleetCommand),
     /// Audit log tools.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -149,7 +155,7 @@ pub struct Common {
     /// Default: $TOURNIQUET_KEY, then the dev key of the embedded default.
     #[arg(long, env = "TOURNIQUET_KEY")]
     pub key: Option<PathBuf>,
-    /// Send at once and wait for the receipt: http[s]://HOST:PORT or dir:PATH.
+    /// Send at once: http[s]://HOST:PORT or dir:PATH (waits for the receipt), or nats://HOST:PORT.
     #[arg(long)]
     pub send: Option<String>,
     /// Guard the change with these agent probes (repeatable).
@@ -164,6 +170,18 @@ pub struct Common {
     /// Plan only: show before and intended after, change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Fleet rollout in waves: cumulative percentages ending at 100, e.g. 1,10,50,100.
+    #[arg(long, value_name = "P,P,…")]
+    pub waves: Option<String>,
+    /// Time between wave starts (default 60s).
+    #[arg(long, requires = "waves")]
+    pub wave_bake: Option<String>,
+    /// Failure or rollback receipts in earlier waves at which later waves halt (default 0).
+    #[arg(long, requires = "waves")]
+    pub max_failures: Option<u32>,
+    /// How many agents should answer; `status --nats` then shows n of expected.
+    #[arg(long)]
+    pub expect: Option<u32>,
     /// Who is asking (default: $USER@host).
     #[arg(long)]
     pub issuer: Option<String>,
@@ -192,6 +210,12 @@ pub struct Conn {
     /// Seconds to wait for a settled receipt after sending.
     #[arg(long, default_value_t = 120)]
     pub wait: u64,
+    /// The fleet a nats:// destination publishes to (subject tourniquet.cmd.FLEET).
+    #[arg(long, env = "TOURNIQUET_FLEET", default_value = "default")]
+    pub fleet: String,
+    /// NATS credentials file (.creds) for nats:// destinations.
+    #[arg(long, env = "TOURNIQUET_NATS_CREDS", value_name = "FILE")]
+    pub nats_creds: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -246,7 +270,7 @@ pub struct VerifyArgs {
 #[derive(Args, Debug)]
 pub struct SendArgs {
     pub envelope: PathBuf,
-    /// http[s]://HOST:PORT or dir:PATH (an agent's inbox).
+    /// http[s]://HOST:PORT, dir:PATH (an agent's inbox) or nats://HOST:PORT (a fleet; see --fleet).
     #[arg(long)]
     pub to: String,
     /// Return after the agent accepts, without waiting for the receipt.
@@ -262,6 +286,12 @@ pub struct StatusArgs {
     pub id: Option<String>,
     #[arg(long, default_value = "http://127.0.0.1:7370")]
     pub agent: String,
+    /// Fleet view: collect every agent's receipt for ID from NATS JetStream.
+    #[arg(long, value_name = "URL", requires = "id")]
+    pub nats: Option<String>,
+    /// With --nats: keep refreshing until every expected agent has settled (Ctrl-C stops).
+    #[arg(long, requires = "nats")]
+    pub watch: bool,
     #[command(flatten)]
     pub conn: Conn,
 }
@@ -272,6 +302,37 @@ pub struct RevertArgs {
     pub id: String,
     #[command(flatten)]
     pub common: Common,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum FleetCommand {
+    /// Create or update the TOURNIQUET_CMD and TOURNIQUET_RECEIPTS streams (an operator action).
+    Init {
+        /// The NATS server, e.g. nats://127.0.0.1:4222.
+        #[arg(long)]
+        nats: String,
+        /// How long commands stay in the stream; must exceed the policy's max_ttl.
+        #[arg(long, default_value = "24h")]
+        max_age: String,
+        /// How long receipts stay in the stream.
+        #[arg(long, default_value = "30d")]
+        receipt_max_age: String,
+        /// Stream replicas (1 for a single server; 3 in a cluster).
+        #[arg(long, default_value_t = 1)]
+        replicas: usize,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// List agents seen recently (their heartbeats), with labels and active hotfixes.
+    Ls {
+        #[arg(long)]
+        nats: String,
+        /// How long to listen for heartbeats after asking every agent for one.
+        #[arg(long, default_value = "2s")]
+        listen: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -335,6 +396,8 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Send(args) => client::send_file(args).await,
         Command::Status(args) => client::status(args).await,
         Command::Revert(args) => compose::revert(args).await,
+        Command::Halt(args) => compose::halt(args).await,
+        Command::Fleet(cmd) => fleet::run(cmd).await,
         Command::Audit(AuditCommand::Verify { state, json }) => audit_verify(state, json),
         Command::Audit(AuditCommand::Export {
             state,
