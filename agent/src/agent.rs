@@ -270,7 +270,7 @@ fn print_banner(
         out.push_str(&format!(
             "  fleet:    {} on {} (subject {})\n",
             n.fleet,
-            n.url,
+            crate::fleet::redact_url(&n.url),
             crate::fleet::command_subject(&n.fleet)
         ));
     }

@@ -49,6 +49,65 @@ pub fn receipts_of(command_id: &str) -> String {
     format!("tourniquet.receipt.{command_id}.*")
 }
 
+/// A server URL list for logs and banners: user:password@ becomes ***@.
+pub fn redact_url(urls: &str) -> String {
+    urls.split(',')
+        .map(|u| {
+            let u = u.trim();
+            match (u.find("://"), u.rfind('@')) {
+                (Some(scheme), Some(at)) if at > scheme => {
+                    format!("{}***{}", &u[..scheme + 3], &u[at..])
+                }
+                _ => u.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Splits `user:password@` out of server URLs (the NATS client takes them
+/// as options, not from the URL). Returns the bare URLs and the first
+/// user/password pair found.
+pub fn split_userinfo(urls: &str) -> (Vec<String>, Option<(String, String)>) {
+    let mut auth = None;
+    let bare = urls
+        .split(',')
+        .map(|u| {
+            let u = u.trim();
+            match (u.find("://"), u.rfind('@')) {
+                (Some(scheme), Some(at)) if at > scheme => {
+                    let info = &u[scheme + 3..at];
+                    if auth.is_none() {
+                        let (user, pass) = info.split_once(':').unwrap_or((info, ""));
+                        auth = Some((percent_decode(user), percent_decode(pass)));
+                    }
+                    format!("{}{}", &u[..scheme + 3], &u[at + 1..])
+                }
+                _ => u.to_string(),
+            }
+        })
+        .collect();
+    (bare, auth)
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Fleet names and agent ids become subject tokens: no dots, spaces or
 /// wildcards.
 pub fn valid_token(s: &str) -> bool {
@@ -136,14 +195,35 @@ pub fn wave_start(payload: &Payload, wave: usize) -> Timestamp {
     base.plus(bake * wave as u32)
 }
 
-/// Receipt outcomes that count against a rollout.
-pub fn counts_as_failure(outcome: &str) -> bool {
+/// Receipts that count against a rollout: the change failed, was rolled
+/// back by its guard, or could not work on that agent at all (its resource
+/// lacks what the command names). Refusals about trust (signatures,
+/// permissions, expiry) do not: they say nothing about the change.
+pub fn counts_as_failure(outcome: &str, reason_code: Option<&str>) -> bool {
     matches!(outcome, "failed" | "rolled_back")
+        || (outcome == "rejected"
+            && matches!(reason_code, Some("invalid_action" | "unknown_resource")))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn userinfo_is_split_out_of_urls() {
+        let (bare, auth) = split_userinfo("nats://agent:p%40ss@10.0.0.1:4222,nats://10.0.0.2:4222");
+        assert_eq!(bare, ["nats://10.0.0.1:4222", "nats://10.0.0.2:4222"]);
+        assert_eq!(auth, Some(("agent".into(), "p@ss".into())));
+        assert_eq!(split_userinfo("nats://h:1").1, None);
+    }
+
+    #[test]
+    fn passwords_in_urls_are_redacted() {
+        assert_eq!(
+            redact_url("nats://agent:s3cret@10.0.0.1:4222, nats://10.0.0.2:4222"),
+            "nats://***@10.0.0.1:4222,nats://10.0.0.2:4222"
+        );
+    }
 
     #[test]
     fn cohorts_spread_evenly_and_deterministically() {

@@ -6,6 +6,7 @@
 
 pub mod edge;
 pub mod metrics_service;
+pub mod nats;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

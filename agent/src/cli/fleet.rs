@@ -97,20 +97,23 @@ pub async fn run(cmd: FleetCommand) -> CliResult {
 }
 
 async fn connect(url: &str, conn: &Conn) -> Result<async_nats::Client, Failure> {
-    let opts = match &conn.nats_creds {
+    let mut opts = match &conn.nats_creds {
         Some(path) => async_nats::ConnectOptions::with_credentials_file(path)
             .await
             .map_err(|e| Failure::error(format!("--nats-creds {}: {e}", path.display())))?,
         None => async_nats::ConnectOptions::new(),
     };
-    let urls: Vec<&str> = url.split(',').map(str::trim).collect();
+    let (urls, userinfo) = fleet::split_userinfo(url);
+    if let Some((user, pass)) = userinfo {
+        opts = opts.user_and_password(user, pass);
+    }
     let client = opts
         .name("tourniquet-cli")
         .connection_timeout(Duration::from_secs(5))
         .request_timeout(Some(Duration::from_secs(5)))
         .connect(urls.as_slice())
         .await
-        .map_err(|e| Failure::error(format!("nats {url}: {e}")))?;
+        .map_err(|e| Failure::error(format!("nats {}: {e}", fleet::redact_url(url))))?;
     Ok(client)
 }
 
@@ -140,7 +143,8 @@ pub async fn publish(env: &Envelope, url: &str, conn: &Conn) -> CliResult {
         .await
         .map_err(|e| {
             Failure::error(format!(
-                "publishing to {subject}: {e} (are the streams there? run `tourniquet fleet init --nats {url}`)"
+                "publishing to {subject}: {e} (are the streams there, and may these credentials publish? `tourniquet fleet init --nats {}` creates the streams)",
+                fleet::redact_url(url)
             ))
         })?;
     if conn.json {
@@ -155,8 +159,9 @@ pub async fn publish(env: &Envelope, url: &str, conn: &Conn) -> CliResult {
             started.elapsed().as_millis()
         );
         println!(
-            "  follow it: tourniquet status {} --nats {url} --watch",
-            payload.id
+            "  follow it: tourniquet status {} --nats {} --watch",
+            payload.id,
+            fleet::redact_url(url)
         );
     }
     Ok(())

@@ -112,7 +112,7 @@ pub async fn start(lc: Arc<Lifecycle>, cfg: NatsSection, state_dir: &Path) -> Re
         cfg.heartbeat.0,
         reconnected,
     ));
-    tracing::info!(fleet = %cfg.fleet, url = %cfg.url, "fleet transport started");
+    tracing::info!(fleet = %cfg.fleet, url = %fleet::redact_url(&cfg.url), "fleet transport started");
     Ok(())
 }
 
@@ -174,10 +174,13 @@ pub async fn connect(
                 }
             }
         });
-    let urls: Vec<&str> = cfg.url.split(',').map(str::trim).collect();
+    let (urls, userinfo) = fleet::split_userinfo(&cfg.url);
+    if let Some((user, pass)) = userinfo {
+        opts = opts.user_and_password(user, pass);
+    }
     opts.connect(urls.as_slice())
         .await
-        .map_err(|e| format!("nats {}: {e}", cfg.url))
+        .map_err(|e| format!("nats {}: {e}", fleet::redact_url(&cfg.url)))
 }
 
 /// Exponential from 100 ms, capped at `max`, with the upper half jittered.
@@ -532,7 +535,7 @@ impl Shared {
                 continue;
             };
             let earlier = fleet::wave_of(p, &r.agent.id).is_some_and(|w| w < wave);
-            if earlier && fleet::counts_as_failure(&r.outcome) {
+            if earlier && fleet::counts_as_failure(&r.outcome, r.reason_code.as_deref()) {
                 failed.insert(r.agent.id);
                 if failed.len() as u32 >= limit {
                     break;
