@@ -196,6 +196,40 @@ fn targeting_is_honoured_and_forged_commands_are_refused_everywhere() {
     assert_eq!(agents[0].variant("new_flow"), "off");
     assert_eq!(agents[1].variant("new_flow"), "off");
     assert_eq!(agents[2].variant("new_flow"), "on");
+
+    // `tourniquet revert ID --send nats://` undoes it wherever it applied;
+    // the agent that never had it stays silent.
+    let (code, out, err) = op.cli(&[
+        "revert",
+        &id,
+        "--reason",
+        "INC-3: fixed upstream",
+        "--key",
+        "alice_ed25519",
+        "--send",
+        &nats.url(),
+        "--fleet",
+        FLEET,
+        "--json",
+    ]);
+    assert_eq!(code, 0, "revert: {out}{err}");
+    let sent: Value = serde_json::from_str(out.trim()).expect("revert --json");
+    let revert_id = sent["id"].as_str().expect("id").to_string();
+    for a in &agents[..2] {
+        wait_outcome(&op, &nats, &id, &a.id, |o| o["outcome"] == "reverted");
+        assert_eq!(a.variant("new_flow"), "on", "{} reverted", a.id);
+    }
+    wait_for(
+        "both receipts of the revert",
+        Duration::from_secs(30),
+        || (fleet_view(&op, &nats, &revert_id)["answered"] == 2).then_some(()),
+    );
+    agents[2].wait_cursor(sent["stream_seq"].as_u64().expect("stream_seq"));
+    let view = fleet_view(&op, &nats, &revert_id);
+    assert_eq!(
+        view["answered"], 2,
+        "the staging agent stays silent: {view}"
+    );
 }
 
 #[test]

@@ -380,6 +380,14 @@ impl Shared {
             tracing::debug!(command = %p.id, "fleet: not targeted; staying silent");
             return;
         }
+        // A fleet-wide revert concerns only the agents that hold the
+        // command; the others were never part of it and stay silent.
+        if let Some(target) = p.actions.iter().find_map(|a| a.revert_target()) {
+            if self.lc.record(target).is_none() {
+                tracing::debug!(command = %p.id, reverts = target, "fleet: revert of a command this agent never had; staying silent");
+                return;
+            }
+        }
         self.remember_claim(&sha, p.id.clone());
         if let Some(target) = p.actions.iter().find_map(|a| a.halt_target()) {
             self.halt(&p, target, &verified.signers);
