@@ -395,6 +395,10 @@ impl Shared {
         }
         if p.rollout.is_some() {
             let pending = self.dir.join("pending").join(format!("{}.json", p.id));
+            if pending.exists() {
+                // Already waiting for its wave (scheduled again at start).
+                return;
+            }
             if let Err(e) = tourniquet_providers::write_atomically(&pending, bytes, 0o600) {
                 tracing::error!(command = %p.id, error = %e, "cannot keep a waved command");
             }
@@ -753,5 +757,25 @@ async fn heartbeat(
         if let Err(e) = client.publish(subject.clone(), body.into()).await {
             tracing::debug!(error = %e, "fleet: heartbeat not sent");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_backoff_grows_is_capped_and_jittered() {
+        let max = Duration::from_secs(30);
+        assert_eq!(reconnect_delay(0, max), Duration::ZERO);
+        let first = reconnect_delay(1, max);
+        assert!(first >= Duration::from_millis(100) && first <= Duration::from_millis(200));
+        let samples: Vec<Duration> = (0..50).map(|_| reconnect_delay(40, max)).collect();
+        assert!(
+            samples.iter().all(|d| *d >= max / 2 && *d <= max),
+            "{samples:?}"
+        );
+        let distinct: HashSet<u128> = samples.iter().map(|d| d.as_micros()).collect();
+        assert!(distinct.len() > 10, "agents must not reconnect in lockstep");
     }
 }
