@@ -91,6 +91,14 @@ pub struct Lifecycle {
     receipt_sink: Mutex<Option<tokio::sync::mpsc::UnboundedSender<SettledReceipt>>>,
 }
 
+/// A command a transport verified before submitting it, and the policy
+/// that judged it.
+#[derive(Clone)]
+pub struct Peeked {
+    pub verified: crate::policy::VerifiedCommand,
+    policy: Arc<Policy>,
+}
+
 /// A receipt just signed and stored, for transports that pass it on.
 #[derive(Debug, Clone)]
 pub struct SettledReceipt {
@@ -361,10 +369,12 @@ impl Lifecycle {
 
     /// Entry point of every transport: takes raw envelope bytes.
     pub async fn submit(self: &Arc<Self>, bytes: &[u8], transport: &str) -> Submission {
-        self.submit_gated(bytes, transport, None).await
+        self.submit_gated(bytes, transport, None, None).await
     }
 
-    /// Like [`Lifecycle::submit`], but a command that verifies is refused
+    /// Like [`Lifecycle::submit`], for a transport that has already
+    /// [`peek`](Lifecycle::peek)ed the command (the verification is reused
+    /// while the policy is unchanged). A command that verifies is refused
     /// with `hold_back` instead of planned: the fleet transport's way to
     /// answer `halted` with a full, signed rejection receipt.
     pub async fn submit_gated(
@@ -372,6 +382,7 @@ impl Lifecycle {
         bytes: &[u8],
         transport: &str,
         hold_back: Option<Rejection>,
+        peeked: Option<Peeked>,
     ) -> Submission {
         let sha = sha256_hex(bytes);
         let mut rec = CommandRecord {
@@ -412,15 +423,17 @@ impl Lifecycle {
         }
         self.step(&mut rec, State::Received, None, false);
         let span = tracing::info_span!("command", envelope = %&rec.envelope_sha256[..16]);
-        self.process(rec, hold_back).instrument(span).await
+        self.process(rec, hold_back, peeked).instrument(span).await
     }
 
     /// Verifies an envelope against the current policy without recording
     /// anything: for transports that must read a command's targeting or
     /// rollout before deciding whether it is theirs. The command still goes
     /// through [`Lifecycle::submit`], which verifies it again.
-    pub fn peek(&self, bytes: &[u8]) -> Result<crate::policy::VerifiedCommand, Rejection> {
-        self.policy().verify_envelope(bytes, now())
+    pub fn peek(&self, bytes: &[u8]) -> Result<Peeked, Rejection> {
+        let policy = self.policy();
+        let verified = policy.verify_envelope(bytes, now())?;
+        Ok(Peeked { verified, policy })
     }
 
     fn reject(&self, mut rec: CommandRecord, rejection: Rejection) -> Submission {
@@ -449,12 +462,23 @@ impl Lifecycle {
         self: &Arc<Self>,
         mut rec: CommandRecord,
         hold_back: Option<Rejection>,
+        peeked: Option<Peeked>,
     ) -> Submission {
         let policy = self.policy();
         let started = Instant::now();
-        let verified = match policy.verify_envelope(rec.envelope.as_bytes(), now()) {
-            Ok(v) => v,
-            Err(rej) => return self.reject(rec, rej),
+        // A transport's verified peek stands if it was judged by this very
+        // policy, over these very bytes, and has not expired since.
+        let reuse = peeked.filter(|p| {
+            Arc::ptr_eq(&p.policy, &policy)
+                && p.verified.envelope_sha256 == rec.envelope_sha256
+                && now() <= p.verified.payload.expires.plus(policy.clock_skew())
+        });
+        let verified = match reuse {
+            Some(p) => p.verified,
+            None => match policy.verify_envelope(rec.envelope.as_bytes(), now()) {
+                Ok(v) => v,
+                Err(rej) => return self.reject(rec, rej),
+            },
         };
         self.metrics
             .verify_seconds
@@ -1091,7 +1115,7 @@ impl Lifecycle {
                         inner.records.remove(&id);
                         inner.records.insert(fresh.id.clone(), fresh.clone());
                     }
-                    let _ = self.process(fresh, None).await;
+                    let _ = self.process(fresh, None, None).await;
                 }
                 State::Journaled | State::Sampled => {
                     self.audit_recovery(&rec, "finishing: applying the journaled intent");

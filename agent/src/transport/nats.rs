@@ -18,6 +18,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -84,6 +85,8 @@ pub async fn start(lc: Arc<Lifecycle>, cfg: NatsSection, state_dir: &Path) -> Re
         receipt_stream,
         spool_limit: cfg.spool_limit,
         spool_kick: Notify::new(),
+        spooled: AtomicUsize::new(list_json(&dir.join("spool")).len()),
+        client: client.clone(),
     });
 
     // Receipts: lifecycle → spool → stream.
@@ -223,6 +226,10 @@ struct Shared {
     receipt_stream: jetstream::stream::Stream<()>,
     spool_limit: usize,
     spool_kick: Notify,
+    /// Receipts in the spool, kept in memory so the hot path lists no
+    /// directory.
+    spooled: AtomicUsize,
+    client: async_nats::Client,
 }
 
 /// The cursor and the redelivery filter; owned by the receiving task.
@@ -360,7 +367,7 @@ impl Shared {
         if self.lc.record(&format!("sha256:{sha}")).is_some() {
             return;
         }
-        let verified = match self.lc.peek(bytes) {
+        let peeked = match self.lc.peek(bytes) {
             Ok(v) => v,
             Err(_) => {
                 // Rejected: the lifecycle records why and signs a receipt,
@@ -372,7 +379,7 @@ impl Shared {
                 return;
             }
         };
-        let p = verified.payload;
+        let p = peeked.verified.payload.clone();
         if self.lc.record(&p.id).is_some() {
             return;
         }
@@ -390,7 +397,7 @@ impl Shared {
         }
         self.remember_claim(&sha, p.id.clone());
         if let Some(target) = p.actions.iter().find_map(|a| a.halt_target()) {
-            self.halt(&p, target, &verified.signers);
+            self.halt(&p, target, &peeked.verified.signers);
             return;
         }
         if p.rollout.is_some() {
@@ -407,7 +414,9 @@ impl Shared {
             tokio::spawn(async move { this.run_waved(bytes).await });
             return;
         }
-        self.lc.submit(bytes, "nats").await;
+        self.lc
+            .submit_gated(bytes, "nats", None, Some(peeked))
+            .await;
     }
 
     fn remember_claim(&self, sha: &str, id: String) {
@@ -467,13 +476,13 @@ impl Shared {
 
     /// Waits for this agent's wave, then applies, or reports `halted`.
     async fn run_waved(self: Arc<Self>, bytes: Vec<u8>) {
-        let Ok(verified) = self.lc.peek(&bytes) else {
+        let Ok(peeked) = self.lc.peek(&bytes) else {
             // Expired while waiting, or the policy changed: the lifecycle
             // says which in a signed rejection.
             self.finish_waved(&bytes, None).await;
             return;
         };
-        let p = verified.payload;
+        let p = peeked.verified.payload.clone();
         let Some(wave) = fleet::wave_of(&p, &self.agent_id) else {
             self.finish_waved(&bytes, None).await;
             return;
@@ -520,7 +529,8 @@ impl Shared {
     }
 
     async fn finish_waved(&self, bytes: &[u8], hold_back: Option<Rejection>) {
-        self.lc.submit_gated(bytes, "nats", hold_back).await;
+        // Re-verified at submit: time has passed since the peek.
+        self.lc.submit_gated(bytes, "nats", hold_back, None).await;
         if let Some(id) = claimed_id(bytes) {
             let _ = std::fs::remove_file(self.dir.join("pending").join(format!("{id}.json")));
         }
@@ -624,17 +634,30 @@ async fn spool_receipts(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Set
                 })
             })
             .unwrap_or_else(|| "unverified".into());
+        let subject = fleet::receipt_subject(&command, &shared.agent_id);
+        let msg_id = format!("{}.{}", shared.agent_id, r.name);
+        // Straight to the stream while connected and nothing older waits;
+        // the spool is for when that fails.
+        if shared.spooled.load(Ordering::Relaxed) == 0
+            && shared.client.connection_state() == async_nats::connection::State::Connected
+        {
+            match publish_acked(&shared.js, &subject, &msg_id, r.envelope.clone()).await {
+                Ok(_) => continue,
+                Err(e) => tracing::warn!(error = %e, "receipt not acknowledged; spooling it"),
+            }
+        }
         let entry = json!({
-            "subject": fleet::receipt_subject(&command, &shared.agent_id),
-            "msg_id": format!("{}.{}", shared.agent_id, r.name),
+            "subject": subject,
+            "msg_id": msg_id,
             "receipt": String::from_utf8_lossy(&r.envelope),
         });
         let spool = shared.spool_dir();
-        let count = list_json(&spool).len();
-        if count >= shared.spool_limit {
+        if shared.spooled.load(Ordering::Relaxed) >= shared.spool_limit {
             if let Some(oldest) = list_json(&spool).first() {
                 tracing::warn!(file = %oldest.display(), limit = shared.spool_limit, "receipt spool full; dropping the oldest (it stays in the receipts dir)");
-                let _ = std::fs::remove_file(oldest);
+                if std::fs::remove_file(oldest).is_ok() {
+                    shared.spooled.fetch_sub(1, Ordering::Relaxed);
+                }
             }
         }
         // Sortable by time of settling, then unique by receipt name.
@@ -643,6 +666,8 @@ async fn spool_receipts(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Set
             tourniquet_providers::replace_file(&file, entry.to_string().as_bytes(), 0o600, false)
         {
             tracing::error!(error = %e, "cannot spool a receipt");
+        } else {
+            shared.spooled.fetch_add(1, Ordering::Relaxed);
         }
         shared.spool_kick.notify_one();
     }
@@ -674,7 +699,9 @@ async fn drain_spool(shared: Arc<Shared>, mut reconnected: watch::Receiver<u64>)
             };
             match publish_acked(&shared.js, subject, msg_id, receipt.as_bytes().to_vec()).await {
                 Ok(_) => {
-                    let _ = std::fs::remove_file(&file);
+                    if std::fs::remove_file(&file).is_ok() {
+                        shared.spooled.fetch_sub(1, Ordering::Relaxed);
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "receipt kept in the spool until NATS answers");
@@ -682,7 +709,9 @@ async fn drain_spool(shared: Arc<Shared>, mut reconnected: watch::Receiver<u64>)
                 }
             }
         }
-        let idle = list_json(&shared.spool_dir()).is_empty();
+        let left = list_json(&shared.spool_dir()).len();
+        shared.spooled.store(left, Ordering::Relaxed);
+        let idle = left == 0;
         tokio::select! {
             _ = shared.spool_kick.notified() => {}
             _ = reconnected.changed() => {}
