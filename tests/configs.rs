@@ -1,5 +1,6 @@
 //! Every example config in `configs/` loads and validates with its policy,
-//! through the real binary's `--check`.
+//! through the real binary's `--check`: `*agent.toml`, `*-node.toml`, and
+//! the AWS examples `aws-*.toml` (their policies are `aws-*-policy.toml`).
 
 use tourniquet_e2e::bin;
 
@@ -7,10 +8,12 @@ use tourniquet_e2e::bin;
 fn every_example_config_passes_check() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
     let mut checked = 0;
+    let mut aws_checked = 0;
     for entry in std::fs::read_dir(&dir).expect("configs/") {
         let path = entry.expect("entry").path();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if !name.ends_with("agent.toml") && !name.ends_with("-node.toml") {
+        let aws = name.starts_with("aws-") && !name.ends_with("policy.toml");
+        if !name.ends_with("agent.toml") && !name.ends_with("-node.toml") && !aws {
             continue;
         }
         let out = std::process::Command::new(bin())
@@ -29,7 +32,9 @@ fn every_example_config_passes_check() {
             "{name}"
         );
         checked += 1;
+        aws_checked += usize::from(aws);
     }
+    assert!(aws_checked >= 2, "the AWS example configs were not checked");
     assert!(
         checked >= 1,
         "no example configs found in {}",

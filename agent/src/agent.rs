@@ -237,21 +237,7 @@ fn print_banner(
         cfg.agent.policy.display()
     ));
     for (name, r) in &cfg.resources {
-        let detail = match &r.provider {
-            tourniquet_providers::ResourceConfig::FlagsFile(f) => f.path.display().to_string(),
-            tourniquet_providers::ResourceConfig::Nginx(n) => n.include.display().to_string(),
-            tourniquet_providers::ResourceConfig::Varnish(v) => match (&v.admin, &v.http) {
-                (Some(a), _) => format!("admin {}", a.address),
-                (_, Some(h)) => h.url.clone(),
-                _ => String::new(),
-            },
-            tourniquet_providers::ResourceConfig::Fastly(f) => {
-                format!("service {} ({})", f.service_id, f.host)
-            }
-            tourniquet_providers::ResourceConfig::Cloudflare(c) => {
-                format!("zone {} ({})", c.zone_id, c.host)
-            }
-        };
+        let detail = r.provider.detail();
         out.push_str(&format!(
             "  manages:  {name} ({} {detail})\n",
             r.provider.kind()

@@ -271,18 +271,7 @@ impl AgentConfig {
             fix(c);
         }
         for r in self.resources.values_mut() {
-            match &mut r.provider {
-                ResourceConfig::FlagsFile(c) => {
-                    fix(&mut c.path);
-                    if let Some(l) = &mut c.last_known_good {
-                        fix(l);
-                    }
-                }
-                ResourceConfig::Nginx(c) => c.paths_mut().into_iter().for_each(fix),
-                ResourceConfig::Varnish(c) => c.paths_mut().into_iter().for_each(fix),
-                ResourceConfig::Fastly(c) => c.paths_mut().into_iter().for_each(fix),
-                ResourceConfig::Cloudflare(c) => c.paths_mut().into_iter().for_each(fix),
-            }
+            r.provider.paths_mut().into_iter().for_each(fix);
         }
     }
 

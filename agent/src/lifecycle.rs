@@ -1193,7 +1193,7 @@ impl Lifecycle {
                 let Ok(found) = res.provider.snapshot(&spec).await else {
                     continue;
                 };
-                if found == expected {
+                if still_holds(&found, &expected) {
                     continue;
                 }
                 let reassert = res.on_drift == crate::config::OnDrift::Reassert;
@@ -1263,6 +1263,16 @@ impl Lifecycle {
     }
 }
 
+/// Whether a fresh snapshot still shows what apply left. The state apply
+/// returns may carry diagnostics a snapshot cannot know (an AWS call's
+/// tries, an invalidation id), so only the fields the snapshot reads count.
+fn still_holds(found: &Value, expected: &Value) -> bool {
+    match (found, expected) {
+        (Value::Object(f), Value::Object(e)) => f.iter().all(|(k, v)| e.get(k) == Some(v)),
+        _ => found == expected,
+    }
+}
+
 fn spec_of(a: &ActionRecord) -> tourniquet_providers::ActionSpec {
     tourniquet_providers::ActionSpec {
         op: a.op.clone(),
@@ -1273,4 +1283,23 @@ fn spec_of(a: &ActionRecord) -> tourniquet_providers::ActionSpec {
 enum PlanError {
     Rejected(Rejection),
     Failed(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::still_holds;
+    use serde_json::json;
+
+    #[test]
+    fn diagnostics_in_the_applied_state_are_not_drift() {
+        let after =
+            json!({"max": 4, "desired": 4, "tries": {"autoscaling:UpdateAutoScalingGroup": 2}});
+        assert!(still_holds(&json!({"max": 4, "desired": 4}), &after));
+        assert!(!still_holds(&json!({"max": 10, "desired": 4}), &after));
+        assert!(!still_holds(
+            &json!({"max": 4, "desired": 4, "min": 1}),
+            &after
+        ));
+        assert!(still_holds(&json!("x"), &json!("x")));
+    }
 }

@@ -9,6 +9,18 @@
 //! Each provider kind lives in its own folder with its `config.rs` (the
 //! operator-facing, documented schema) beside its runtime.
 
+#[cfg(feature = "aws")]
+pub mod aws_autoscaling;
+#[cfg(feature = "aws")]
+pub mod aws_cloudfront;
+#[cfg(feature = "aws")]
+pub mod aws_common;
+#[cfg(feature = "aws")]
+pub mod aws_lambda;
+#[cfg(feature = "aws")]
+pub mod aws_secretsmanager;
+#[cfg(feature = "aws")]
+pub mod aws_wafv2;
 mod cdn;
 pub mod cloudflare;
 mod duration;
@@ -19,7 +31,7 @@ pub mod nginx;
 pub mod purge;
 pub mod varnish;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -123,6 +135,52 @@ pub enum ResourceConfig {
     /// A Cloudflare zone: `cdn.purge` through Cloudflare's API.
     #[serde(rename = "cloudflare")]
     Cloudflare(Box<cloudflare::CloudflareConfig>),
+    /// A secret in AWS Secrets Manager: `secret.rollback`.
+    #[cfg(feature = "aws")]
+    #[serde(rename = "aws-secretsmanager")]
+    AwsSecretsManager(Box<aws_secretsmanager::SecretsManagerConfig>),
+    /// A Lambda function and alias: `lambda.alias`, `lambda.concurrency`.
+    #[cfg(feature = "aws")]
+    #[serde(rename = "aws-lambda")]
+    AwsLambda(Box<aws_lambda::LambdaConfig>),
+    /// A WAFv2 IP set: `waf.block`.
+    #[cfg(feature = "aws")]
+    #[serde(rename = "aws-wafv2")]
+    AwsWafv2(Box<aws_wafv2::WafConfig>),
+    /// A CloudFront distribution: `cdn.purge`.
+    #[cfg(feature = "aws")]
+    #[serde(rename = "aws-cloudfront")]
+    AwsCloudFront(Box<aws_cloudfront::CloudFrontConfig>),
+    /// An EC2 Auto Scaling group: `asg.cap`.
+    #[cfg(feature = "aws")]
+    #[serde(rename = "aws-autoscaling")]
+    AwsAutoScaling(Box<aws_autoscaling::AutoScalingConfig>),
+    /// Any `aws-*` kind in a binary built without the `aws` feature: it
+    /// never parses, so the config error says why.
+    #[cfg(not(feature = "aws"))]
+    #[serde(
+        rename = "aws-secretsmanager",
+        alias = "aws-lambda",
+        alias = "aws-wafv2",
+        alias = "aws-cloudfront",
+        alias = "aws-autoscaling"
+    )]
+    AwsNotBuilt(AwsNotBuilt),
+}
+
+/// Stands for an AWS resource kind in a binary without the `aws` feature.
+/// It has no values: deserialising one always fails with the reason.
+#[cfg(not(feature = "aws"))]
+#[derive(Debug, Clone)]
+pub enum AwsNotBuilt {}
+
+#[cfg(not(feature = "aws"))]
+impl<'de> Deserialize<'de> for AwsNotBuilt {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Err(serde::de::Error::custom(
+            "aws-* resource kinds are not in this binary: it was built without the `aws` feature (build with default features to manage AWS resources)",
+        ))
+    }
 }
 
 impl ResourceConfig {
@@ -134,6 +192,86 @@ impl ResourceConfig {
             ResourceConfig::Varnish(_) => "varnish",
             ResourceConfig::Fastly(_) => "fastly",
             ResourceConfig::Cloudflare(_) => "cloudflare",
+            #[cfg(feature = "aws")]
+            ResourceConfig::AwsSecretsManager(_) => "aws-secretsmanager",
+            #[cfg(feature = "aws")]
+            ResourceConfig::AwsLambda(_) => "aws-lambda",
+            #[cfg(feature = "aws")]
+            ResourceConfig::AwsWafv2(_) => "aws-wafv2",
+            #[cfg(feature = "aws")]
+            ResourceConfig::AwsCloudFront(_) => "aws-cloudfront",
+            #[cfg(feature = "aws")]
+            ResourceConfig::AwsAutoScaling(_) => "aws-autoscaling",
+            #[cfg(not(feature = "aws"))]
+            ResourceConfig::AwsNotBuilt(never) => match *never {},
+        }
+    }
+
+    /// What the agent's banner says about the resource.
+    pub fn detail(&self) -> String {
+        match self {
+            ResourceConfig::FlagsFile(f) => f.path.display().to_string(),
+            ResourceConfig::Nginx(n) => n.include.display().to_string(),
+            ResourceConfig::Varnish(v) => match (&v.admin, &v.http) {
+                (Some(a), _) => format!("admin {}", a.address),
+                (_, Some(h)) => h.url.clone(),
+                _ => String::new(),
+            },
+            ResourceConfig::Fastly(f) => format!("service {} ({})", f.service_id, f.host),
+            ResourceConfig::Cloudflare(c) => format!("zone {} ({})", c.zone_id, c.host),
+            #[cfg(feature = "aws")]
+            ResourceConfig::AwsSecretsManager(c) => {
+                format!("secret {}, {}", c.secret_id, c.client_settings().describe())
+            }
+            #[cfg(feature = "aws")]
+            ResourceConfig::AwsLambda(c) => format!(
+                "function {} alias {}, {}",
+                c.function,
+                c.alias,
+                c.client_settings().describe()
+            ),
+            #[cfg(feature = "aws")]
+            ResourceConfig::AwsWafv2(c) => format!(
+                "IP set {}, {}",
+                c.ip_set_name,
+                c.client_settings().describe()
+            ),
+            #[cfg(feature = "aws")]
+            ResourceConfig::AwsCloudFront(c) => format!(
+                "distribution {}, {}",
+                c.distribution_id,
+                c.client_settings().describe()
+            ),
+            #[cfg(feature = "aws")]
+            ResourceConfig::AwsAutoScaling(c) => {
+                format!("group {}, {}", c.group, c.client_settings().describe())
+            }
+            #[cfg(not(feature = "aws"))]
+            ResourceConfig::AwsNotBuilt(never) => match *never {},
+        }
+    }
+
+    /// The file paths in the declaration, so the agent can resolve relative
+    /// ones against the config file's directory.
+    pub fn paths_mut(&mut self) -> Vec<&mut PathBuf> {
+        match self {
+            ResourceConfig::FlagsFile(c) => {
+                let mut out = vec![&mut c.path];
+                out.extend(c.last_known_good.as_mut());
+                out
+            }
+            ResourceConfig::Nginx(c) => c.paths_mut(),
+            ResourceConfig::Varnish(c) => c.paths_mut(),
+            ResourceConfig::Fastly(c) => c.paths_mut(),
+            ResourceConfig::Cloudflare(c) => c.paths_mut(),
+            #[cfg(feature = "aws")]
+            ResourceConfig::AwsSecretsManager(_)
+            | ResourceConfig::AwsLambda(_)
+            | ResourceConfig::AwsWafv2(_)
+            | ResourceConfig::AwsCloudFront(_)
+            | ResourceConfig::AwsAutoScaling(_) => Vec::new(),
+            #[cfg(not(feature = "aws"))]
+            ResourceConfig::AwsNotBuilt(never) => match *never {},
         }
     }
 
@@ -146,6 +284,18 @@ impl ResourceConfig {
             ResourceConfig::Varnish(c) => c.validate(),
             ResourceConfig::Fastly(c) => c.validate(),
             ResourceConfig::Cloudflare(c) => c.validate(),
+            #[cfg(feature = "aws")]
+            ResourceConfig::AwsSecretsManager(c) => c.validate(),
+            #[cfg(feature = "aws")]
+            ResourceConfig::AwsLambda(c) => c.validate(),
+            #[cfg(feature = "aws")]
+            ResourceConfig::AwsWafv2(c) => c.validate(),
+            #[cfg(feature = "aws")]
+            ResourceConfig::AwsCloudFront(c) => c.validate(),
+            #[cfg(feature = "aws")]
+            ResourceConfig::AwsAutoScaling(c) => c.validate(),
+            #[cfg(not(feature = "aws"))]
+            ResourceConfig::AwsNotBuilt(never) => match *never {},
         }
     }
 
@@ -159,6 +309,50 @@ impl ResourceConfig {
             ResourceConfig::Cloudflare(c) => {
                 Ok(Box::new(cloudflare::Cloudflare::new((**c).clone())))
             }
+            #[cfg(feature = "aws")]
+            ResourceConfig::AwsSecretsManager(c) => Ok(Box::new(
+                aws_secretsmanager::SecretsManager::new((**c).clone()),
+            )),
+            #[cfg(feature = "aws")]
+            ResourceConfig::AwsLambda(c) => Ok(Box::new(aws_lambda::Lambda::new((**c).clone()))),
+            #[cfg(feature = "aws")]
+            ResourceConfig::AwsWafv2(c) => Ok(Box::new(aws_wafv2::Waf::new((**c).clone()))),
+            #[cfg(feature = "aws")]
+            ResourceConfig::AwsCloudFront(c) => {
+                Ok(Box::new(aws_cloudfront::CloudFront::new((**c).clone())))
+            }
+            #[cfg(feature = "aws")]
+            ResourceConfig::AwsAutoScaling(c) => {
+                Ok(Box::new(aws_autoscaling::AutoScaling::new((**c).clone())))
+            }
+            #[cfg(not(feature = "aws"))]
+            ResourceConfig::AwsNotBuilt(never) => match *never {},
+        }
+    }
+}
+
+#[cfg(all(test, not(feature = "aws")))]
+mod without_aws {
+    use super::ResourceConfig;
+
+    #[test]
+    fn an_aws_kind_says_the_binary_was_built_without_the_aws_feature() {
+        for kind in [
+            "aws-secretsmanager",
+            "aws-lambda",
+            "aws-wafv2",
+            "aws-cloudfront",
+            "aws-autoscaling",
+        ] {
+            let err = serde_json::from_value::<ResourceConfig>(
+                serde_json::json!({"kind": kind, "function": "f"}),
+            )
+            .expect_err(kind)
+            .to_string();
+            assert!(
+                err.contains("built without the `aws` feature"),
+                "{kind}: {err}"
+            );
         }
     }
 }

@@ -4,6 +4,8 @@
 //! Nothing here fakes the agent: tests talk to it over HTTP, drop files in
 //! its inbox, read the files it writes, and kill it to test recovery.
 
+pub mod aws;
+pub mod aws_fault_proxy;
 pub mod edge;
 pub mod metrics_service;
 pub mod nats;
