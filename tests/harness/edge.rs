@@ -572,14 +572,20 @@ impl HttpsApi {
         let leaf_cert = leaf
             .signed_by(&leaf_key, &ca_cert, &ca_key)
             .expect("sign leaf");
+        // An explicit provider: with the AWS SDK in the build, rustls has
+        // both ring and aws-lc-rs and cannot pick a process default.
         let config = Arc::new(
-            rustls::ServerConfig::builder()
-                .with_no_client_auth()
-                .with_single_cert(
-                    vec![leaf_cert.der().clone()],
-                    rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
-                )
-                .expect("server config"),
+            rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![leaf_cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+            )
+            .expect("server config"),
         );
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind api");
         listener.set_nonblocking(true).expect("nonblocking");
