@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::audit::AuditLog;
 use crate::config::AgentConfig;
 use crate::envelope::sha256_hex;
-use crate::journal::Journal;
+use crate::lifecycle::clock::SystemClock;
+use crate::lifecycle::store::Store;
 use crate::lifecycle::{Identity, Lifecycle, Resource};
 use crate::payload::Timestamp;
 use crate::policy::Policy;
@@ -82,9 +82,15 @@ pub fn build(cfg: &AgentConfig) -> Result<Built, String> {
             },
         );
     }
-    let loaded = Journal::load(&state_dir, Timestamp::now())
-        .map_err(|e| format!("journal in {}: {e}", state_dir.display()))?;
-    let audit = AuditLog::open(&state_dir.join("audit.jsonl")).map_err(|e| e.to_string())?;
+    let (store, opened) = Store::open(&state_dir, cfg.retention.limits(), Timestamp::now())
+        .map_err(|e| e.to_string())?;
+    if opened.skipped_lines > 0 || opened.torn_bytes > 0 {
+        tracing::warn!(
+            lines = opened.skipped_lines,
+            torn_bytes = opened.torn_bytes,
+            "journal had broken lines; skipped, and recorded in the audit log"
+        );
+    }
     let identity = Identity {
         id: agent_id.clone(),
         labels: cfg.agent.labels.clone(),
@@ -92,19 +98,13 @@ pub fn build(cfg: &AgentConfig) -> Result<Built, String> {
     };
     let lc = Lifecycle::new(
         identity,
-        &state_dir,
         policy,
         policy_sha.clone(),
         resources,
         Probes::new(cfg.probes.clone()),
-        loaded.journal,
-        audit,
-        loaded.records,
-    )
-    .map_err(|e| format!("{}: {e}", state_dir.display()))?;
-    if loaded.skipped > 0 {
-        tracing::warn!(lines = loaded.skipped, "journal had torn lines; skipped");
-    }
+        store,
+        Arc::new(SystemClock),
+    );
     Ok(Built {
         lc,
         agent_id,
@@ -193,16 +193,30 @@ pub async fn run(cfg: AgentConfig, dev_mode: bool) -> Result<(), String> {
     {
         let lc = lc.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
             loop {
                 tick.tick().await;
                 lc.prune();
             }
         });
     }
+    {
+        // While the state dir refuses writes, try it every second; the
+        // agent recovers by itself when the disk does.
+        let lc = lc.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                lc.heal_storage().await;
+            }
+        });
+    }
 
     wait_for_shutdown().await;
+    lc.flush_unverified_summary();
     lc.audit_event("agent_stopped", json!({"agent": agent_id}));
+    lc.flush().await;
     Ok(())
 }
 

@@ -232,15 +232,16 @@ pub fn export_state(state_dir: &Path, since: &str) -> Result<Export, ExportError
     export(state_dir, since, now)
 }
 
-/// Verifies the chain of `state_dir/audit.jsonl` and builds the export of
-/// the entries at or after `since`.
+/// Verifies the chain of the audit log in `state_dir` (every segment, and
+/// against the journal's checkpoint) and builds the export of the entries
+/// at or after `since`.
 pub fn export(state_dir: &Path, since: Timestamp, until: Timestamp) -> Result<Export, ExportError> {
-    let path = state_dir.join("audit.jsonl");
-    let report = audit::verify_chain(&path).map_err(|e| match e {
-        AuditError::Io { .. } => ExportError::Io(e.to_string()),
-        broken => ExportError::Broken(broken),
-    })?;
-    let entries = read_verified_prefix(&path, report.entries, &report.last_hash)?;
+    let checkpoint = crate::lifecycle::store::read_checkpoint(state_dir);
+    let (entries, report) =
+        audit::read_verified(state_dir, checkpoint.as_ref()).map_err(|e| match e {
+            AuditError::Io { .. } => ExportError::Io(e.to_string()),
+            broken => ExportError::Broken(broken),
+        })?;
     let sources = Sources::load(state_dir);
     let mut out = build(&entries, &sources, since, until);
     out.chain = Chain {
@@ -250,47 +251,10 @@ pub fn export(state_dir: &Path, since: Timestamp, until: Timestamp) -> Result<Ex
     Ok(out)
 }
 
-/// Reads the first `count` entries and checks the last one is the chain
-/// head just verified, so the agent appending meanwhile (or anyone editing
-/// the file between the check and the read) cannot slip in an unverified
-/// entry.
-fn read_verified_prefix(
-    path: &Path,
-    count: u64,
-    last_hash: &str,
-) -> Result<Vec<AuditEntry>, ExportError> {
-    let text =
-        std::fs::read(path).map_err(|e| ExportError::Io(format!("{}: {e}", path.display())))?;
-    let mut entries = Vec::new();
-    let mut hash = audit::GENESIS.to_string();
-    for (i, line) in text.split(|&b| b == b'\n').take(count as usize).enumerate() {
-        let entry: AuditEntry = serde_json::from_slice(line).map_err(|e| {
-            ExportError::Broken(AuditError::Broken {
-                line: i + 1,
-                why: format!("changed while being read: {e}"),
-            })
-        })?;
-        if entry.prev != hash {
-            return Err(ExportError::Broken(AuditError::Broken {
-                line: i + 1,
-                why: "changed while being read".into(),
-            }));
-        }
-        hash = sha256_hex(line);
-        entries.push(entry);
-    }
-    if entries.len() as u64 != count || hash != last_hash {
-        return Err(ExportError::Broken(AuditError::Broken {
-            line: entries.len(),
-            why: "the log changed between verifying and reading it".into(),
-        }));
-    }
-    Ok(entries)
-}
-
 /// The state beyond the audit log.
 #[derive(Default)]
 pub struct Sources {
+    state_dir: Option<PathBuf>,
     receipts_dir: Option<PathBuf>,
     /// The agent's public key (OpenSSH line), to check receipts with.
     agent_key: Option<String>,
@@ -307,6 +271,7 @@ impl Sources {
     /// Reads what there is; anything missing just leaves fields unknown.
     pub fn load(state_dir: &Path) -> Sources {
         let mut s = Sources {
+            state_dir: Some(state_dir.to_path_buf()),
             receipts_dir: Some(state_dir.join("receipts")),
             agent_key: std::fs::read_to_string(state_dir.join("agent_ed25519.pub"))
                 .ok()
@@ -316,13 +281,29 @@ impl Sources {
         // Read as plain JSON, not as records: a field added or changed in
         // a later version must not hide a whole command.
         if let Ok(text) = std::fs::read_to_string(state_dir.join("journal.jsonl")) {
+            let mut envelopes: HashMap<String, Value> = HashMap::new();
             for line in text.lines() {
-                let Ok(rec) = serde_json::from_str::<Value>(line) else {
+                let Ok(line) = serde_json::from_str::<Value>(line) else {
                     continue;
+                };
+                // Journal lines are `{"t": "put" | "step" | "settle", "rec": …}`;
+                // an older journal held bare records.
+                let mut rec = match line["t"].as_str() {
+                    Some("put" | "step" | "settle") => line["rec"].clone(),
+                    Some(_) => continue,
+                    None => line.clone(),
                 };
                 let Some(id) = rec["id"].as_str().map(String::from) else {
                     continue;
                 };
+                if let Some(env) = line.get("envelope").filter(|e| e.is_string()) {
+                    envelopes.insert(id.clone(), env.clone());
+                }
+                if rec.get("envelope").is_none() {
+                    if let (Some(env), Some(o)) = (envelopes.get(&id), rec.as_object_mut()) {
+                        o.insert("envelope".into(), env.clone());
+                    }
+                }
                 let line = s.journal.len();
                 for name in rec["receipts"].as_array().into_iter().flatten() {
                     if let Some(n) = name.as_str() {
@@ -349,10 +330,17 @@ impl Sources {
             prov.receipts_rejected += 1;
             return None;
         }
-        let Some(env) = std::fs::read(dir.join(format!("{name}.json")))
-            .ok()
-            .and_then(|b| Envelope::from_json(&b).ok())
-        else {
+        let stored = self
+            .state_dir
+            .as_deref()
+            .and_then(|d| crate::lifecycle::store::read_receipt(d, name))
+            .and_then(|v| serde_json::from_value::<Envelope>(v).ok());
+        // An older state dir kept a file per receipt.
+        let Some(env) = stored.or_else(|| {
+            std::fs::read(dir.join(format!("{name}.json")))
+                .ok()
+                .and_then(|b| Envelope::from_json(&b).ok())
+        }) else {
             prov.receipts_missing += 1;
             return None;
         };
@@ -924,7 +912,7 @@ mod tests {
             let key = dir.path().join("agent_ed25519");
             keys::generate_keypair(&key, "tourniquet-agent@test").unwrap();
             let signer = Signer::load(&key).unwrap();
-            let log = AuditLog::open(&dir.path().join("audit.jsonl")).unwrap();
+            let log = AuditLog::open(dir.path(), Default::default()).unwrap();
             Fixture {
                 dir,
                 log,
@@ -938,9 +926,7 @@ mod tests {
         }
 
         fn entry(&mut self, event: &str, cmd: Option<&str>, sha: &str, detail: Value) {
-            self.log
-                .append(event, cmd, Some(sha), detail, false)
-                .unwrap();
+            self.log.append(event, cmd, Some(sha), detail).unwrap();
         }
 
         /// Signs `payload` with `signer` and stores it as receipt `name`.
@@ -954,7 +940,12 @@ mod tests {
                 )
                 .unwrap();
             env.add_signature(&sig).unwrap();
-            crate::receipt::store(&self.state().join("receipts"), name, &env, true).unwrap();
+            // The layout of an older state dir: a file per receipt.
+            std::fs::write(
+                self.state().join("receipts").join(format!("{name}.json")),
+                serde_json::to_vec_pretty(&env).unwrap(),
+            )
+            .unwrap();
         }
 
         /// Settles like `Lifecycle::settle`: a receipt, then the entry.
@@ -1049,7 +1040,7 @@ mod tests {
         let mut fx = Fixture::new();
         let issued = Timestamp(SystemTime::now() - std::time::Duration::from_secs(5));
         fx.log
-            .append("agent_started", None, None, json!({"agent": "a"}), false)
+            .append("agent_started", None, None, json!({"agent": "a"}))
             .unwrap();
 
         // K: kept.
@@ -1368,7 +1359,9 @@ mod tests {
         fx.apply("A", &sha);
         fx.settle("kept", Some("A"), &sha, "A.1.kept", json!({}));
         std::thread::sleep(std::time::Duration::from_millis(20));
-        let since = Timestamp::now();
+        // The log keeps milliseconds: a window starts on one.
+        let since = Timestamp::parse(&Timestamp::now().to_string()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2));
         fx.settle(
             "reverted",
             Some("A"),
@@ -1378,7 +1371,7 @@ mod tests {
         );
         fx.log.sync().unwrap();
         let x = export(fx.state(), since, Timestamp::now()).unwrap();
-        assert_eq!(x.timeline.len(), 1);
+        assert_eq!(x.timeline.len(), 1, "{x:#?}");
         let a = cmd(&x, "A");
         assert_eq!(a.outcome.as_deref(), Some("reverted"));
         assert!(a.time_to_apply_ms.is_some() && a.first_seen < Some(since));

@@ -48,6 +48,95 @@ pub struct AgentConfig {
     /// Join a fleet over NATS JetStream.
     #[serde(default)]
     pub nats: Option<NatsSection>,
+    /// How much history the state dir keeps.
+    #[serde(default)]
+    pub retention: RetentionSection,
+}
+
+/// `[retention]`: bounds on what the state dir keeps. The journal is
+/// compacted on its own; these bound the audit log and the receipts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSection {
+    /// Sealed audit segments older than this are deleted (default 90d).
+    #[serde(default = "default_audit_age")]
+    pub audit: crate::payload::HumanDuration,
+    /// Most sealed audit segments kept (default 16).
+    #[serde(default = "default_audit_segments")]
+    pub audit_segments: usize,
+    /// The active audit log is sealed into a segment past this many bytes
+    /// (default 64 MiB).
+    #[serde(default = "default_audit_segment_bytes")]
+    pub audit_segment_bytes: u64,
+    /// Receipts older than this are deleted, a segment at a time (default 30d).
+    #[serde(default = "default_receipts_age")]
+    pub receipts: crate::payload::HumanDuration,
+    /// Most receipts kept, a segment at a time (default 100000).
+    #[serde(default = "default_receipts_count")]
+    pub receipts_count: u64,
+}
+
+fn default_audit_age() -> crate::payload::HumanDuration {
+    crate::payload::HumanDuration(std::time::Duration::from_secs(90 * 24 * 3600))
+}
+fn default_audit_segments() -> usize {
+    16
+}
+fn default_audit_segment_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+fn default_receipts_age() -> crate::payload::HumanDuration {
+    crate::payload::HumanDuration(std::time::Duration::from_secs(30 * 24 * 3600))
+}
+fn default_receipts_count() -> u64 {
+    100_000
+}
+
+impl Default for RetentionSection {
+    fn default() -> Self {
+        RetentionSection {
+            audit: default_audit_age(),
+            audit_segments: default_audit_segments(),
+            audit_segment_bytes: default_audit_segment_bytes(),
+            receipts: default_receipts_age(),
+            receipts_count: default_receipts_count(),
+        }
+    }
+}
+
+impl RetentionSection {
+    /// The store's limits from these settings.
+    pub fn limits(&self) -> crate::lifecycle::store::StoreLimits {
+        crate::lifecycle::store::StoreLimits {
+            audit: crate::audit::AuditLimits {
+                segment_bytes: self.audit_segment_bytes,
+                max_segments: self.audit_segments,
+                max_age: self.audit.0,
+            },
+            receipts: crate::lifecycle::store::receipts::ReceiptLimits {
+                segment_bytes: (self.audit_segment_bytes / 8).clamp(64 * 1024, 8 * 1024 * 1024),
+                max_count: self.receipts_count,
+                max_age: self.receipts.0,
+            },
+        }
+    }
+
+    /// Bounds that keep the store usable.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if self.audit_segment_bytes < 64 * 1024 {
+            return Err((
+                "retention.audit_segment_bytes".into(),
+                "must be at least 65536".into(),
+            ));
+        }
+        if self.audit_segments == 0 {
+            return Err(("retention.audit_segments".into(), "must be at least 1".into()));
+        }
+        if self.receipts_count == 0 {
+            return Err(("retention.receipts_count".into(), "must be at least 1".into()));
+        }
+        Ok(())
+    }
 }
 
 /// `[nats]`: fleet commands over NATS JetStream (see `crate::fleet`).
@@ -282,6 +371,9 @@ impl AgentConfig {
             field,
             why,
         };
+        self.retention
+            .validate()
+            .map_err(|(field, why)| invalid(field, why))?;
         if let Some(id) = &self.agent.id {
             if !valid_name(id) {
                 return Err(invalid(

@@ -13,7 +13,6 @@ pub mod defaults;
 pub mod envelope;
 pub mod fleet;
 pub mod glob;
-pub mod journal;
 pub mod keys;
 pub mod lifecycle;
 pub mod metrics;

@@ -44,6 +44,7 @@ pub struct Metrics {
     pub rollbacks: Counter,
     pub receipt_backlog: Gauge,
     pub drifts: Family<ResourceLabels, Counter>,
+    drift_total: std::sync::atomic::AtomicU64,
 }
 
 impl Metrics {
@@ -114,6 +115,7 @@ impl Metrics {
             rollbacks,
             receipt_backlog,
             drifts,
+            drift_total: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -123,6 +125,13 @@ impl Metrics {
                 resource: resource.into(),
             })
             .inc();
+        self.drift_total
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Drift events on every resource since start.
+    pub fn drift_total(&self) -> u64 {
+        self.drift_total.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn count_command(&self, reason: Option<&str>) {

@@ -37,8 +37,15 @@ impl Timestamp {
             .map(|d| d.as_secs())
             .unwrap_or(0)
     }
+    /// `self + d`, saturating at a far-future instant: never panics.
     pub fn plus(self, d: Duration) -> Self {
-        Timestamp(self.0 + d)
+        self.checked_plus(d).unwrap_or(Timestamp(
+            SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_799),
+        ))
+    }
+    /// `self + d`, or `None` where that is not a representable instant.
+    pub fn checked_plus(self, d: Duration) -> Option<Self> {
+        self.0.checked_add(d).map(Timestamp)
     }
     /// How long from `self` until `later`; zero if `later` is not later.
     pub fn until(self, later: Timestamp) -> Duration {

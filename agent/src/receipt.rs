@@ -5,11 +5,10 @@
 //! agent's public key, including with stock `ssh-keygen -Y verify`. It is
 //! the unit of the audit trail that leaves the box.
 
-use std::path::Path;
-
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::audit::AuditHead;
 use crate::envelope::{self, Envelope, RECEIPT_NAMESPACE, RECEIPT_PAYLOAD_TYPE};
 use crate::keys::{KeyError, Signer};
 use crate::payload::Timestamp;
@@ -45,6 +44,10 @@ pub struct Receipt {
     pub related_command: Option<String>,
     pub timeline: Vec<Transition>,
     pub issued_at: Timestamp,
+    /// The agent's audit log head when the receipt was signed: a log cut
+    /// after this point is caught by comparing it with the log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_head: Option<AuditHead>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -76,11 +79,19 @@ pub struct ReceiptAction {
 
 impl Receipt {
     /// A receipt for a command in its current state.
-    pub fn for_record(r: &CommandRecord, agent: &AgentRef) -> Receipt {
+    pub fn for_record(
+        r: &CommandRecord,
+        agent: &AgentRef,
+        audit_head: Option<AuditHead>,
+    ) -> Receipt {
         let payload = r.payload.as_ref();
         let rejected = r.reason.is_some();
         Receipt {
-            command_id: Some(r.id.clone()),
+            command_id: r
+                .id
+                .command()
+                .map(|u| u.to_string())
+                .or_else(|| r.command_id()),
             envelope_sha256: r.envelope_sha256.clone(),
             agent: agent.clone(),
             signers: r
@@ -123,6 +134,7 @@ impl Receipt {
             related_command: r.related.clone(),
             timeline: r.timeline.clone(),
             issued_at: Timestamp::now(),
+            audit_head,
         }
     }
 
@@ -164,6 +176,7 @@ impl Receipt {
                 },
             ],
             issued_at: Timestamp::now(),
+            audit_head: None,
         }
     }
 
@@ -201,13 +214,4 @@ pub fn verify_receipt(env: &Envelope, agent_public_key: &str) -> Result<Receipt,
     }
     envelope::verify_sshsig(RECEIPT_NAMESPACE, &message, &sig)?;
     serde_json::from_slice(&bytes).map_err(|e| format!("receipt payload: {e}"))
-}
-
-/// Writes a signed receipt under `dir` as `NAME.json` (0600).
-/// `durable` fsyncs it: receipts of changes must survive a power cut;
-/// receipts of rejections (which changed nothing) need not, so junk sent at
-/// the API cannot make the agent fsync.
-pub fn store(dir: &Path, name: &str, env: &Envelope, durable: bool) -> std::io::Result<()> {
-    let bytes = serde_json::to_vec_pretty(env)?;
-    tourniquet_providers::replace_file(&dir.join(format!("{name}.json")), &bytes, 0o600, durable)
 }

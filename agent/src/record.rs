@@ -5,6 +5,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use std::sync::Arc;
+
+use crate::lifecycle::id::RecordId;
 use crate::payload::{Guard, Payload, Timestamp};
 use crate::policy::TrustedSigner;
 use crate::rejection::Reason;
@@ -95,6 +98,9 @@ pub struct ActionRecord {
     pub error: Option<String>,
 }
 
+/// Most timeline steps kept per command.
+pub const MAX_TIMELINE: usize = 64;
+
 /// Most drift events kept per command.
 pub const MAX_DRIFT_EVENTS: usize = 20;
 
@@ -123,10 +129,13 @@ pub struct Transition {
 /// Everything this agent knows about one command.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CommandRecord {
-    pub id: String,
+    /// The command's id once verified; the envelope's hash before.
+    pub id: RecordId,
     pub state: State,
-    /// The envelope exactly as received.
-    pub envelope: String,
+    /// The envelope exactly as received. Never serialised with the record:
+    /// the journal stores it once, and views never show it.
+    #[serde(skip)]
+    pub envelope: Arc<str>,
     pub envelope_sha256: String,
     /// `http`, `inbox`, …
     pub transport: String,
@@ -196,13 +205,19 @@ impl CommandRecord {
         self.is_terminal() || self.state == State::Kept
     }
 
-    pub fn transition(&mut self, state: State, note: Option<String>) {
+    pub fn transition(&mut self, state: State, note: Option<String>, at: Timestamp) {
         self.state = state;
-        self.timeline.push(Transition {
-            state,
-            at: Timestamp::now(),
-            note,
-        });
+        if self.timeline.len() >= MAX_TIMELINE {
+            // A record bounded however long it lives: keep the first
+            // steps and the newest.
+            self.timeline.remove(MAX_TIMELINE / 2);
+        }
+        self.timeline.push(Transition { state, at, note });
+    }
+
+    /// The command id the payload claims, once it verified.
+    pub fn command_id(&self) -> Option<String> {
+        self.payload.as_ref().map(|p| p.id.clone())
     }
 
     pub fn dry_run(&self) -> bool {

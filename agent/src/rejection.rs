@@ -32,11 +32,13 @@ pub enum Reason {
     /// A fleet rollout stopped before this agent's wave: too many failures
     /// in earlier waves, or a signed `halt`. Nothing was applied.
     Halted,
+    /// The agent cannot write its state dir; nothing was changed.
+    StorageUnavailable,
 }
 
 impl Reason {
     /// Every reason, for docs, metrics and tests.
-    pub const ALL: [Reason; 18] = [
+    pub const ALL: [Reason; 19] = [
         Reason::BadEnvelope,
         Reason::BadPayload,
         Reason::TooLarge,
@@ -55,6 +57,7 @@ impl Reason {
         Reason::InvalidAction,
         Reason::PolicyExpired,
         Reason::Halted,
+        Reason::StorageUnavailable,
     ];
 
     /// The stable code, e.g. `quorum_not_met`.
@@ -78,6 +81,7 @@ impl Reason {
             Reason::InvalidAction => "invalid_action",
             Reason::PolicyExpired => "policy_expired",
             Reason::Halted => "halted",
+            Reason::StorageUnavailable => "storage_unavailable",
         }
     }
 
@@ -98,7 +102,7 @@ impl Reason {
             | Reason::TtlTooLong
             | Reason::NotTargeted
             | Reason::InvalidAction => 422,
-            Reason::PolicyExpired => 503,
+            Reason::PolicyExpired | Reason::StorageUnavailable => 503,
             Reason::Halted => 409,
         }
     }

@@ -451,28 +451,53 @@ async fn run_agent(args: AgentArgs) -> CliResult {
 
 fn audit_verify(state: Option<PathBuf>, json: bool) -> CliResult {
     let dir = state.unwrap_or_else(|| PathBuf::from(crate::defaults::DEFAULT_DIR).join("state"));
-    let path = dir.join("audit.jsonl");
-    match crate::audit::verify_chain(&path) {
+    let checkpoint = crate::lifecycle::store::read_checkpoint(&dir);
+    match crate::audit::verify(&dir, checkpoint.as_ref()) {
         Ok(report) => {
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({"ok": true, "entries": report.entries, "last_hash": report.last_hash})
+                    serde_json::json!({
+                        "ok": true,
+                        "entries": report.entries,
+                        "first_seq": report.first_seq,
+                        "last_seq": report.last_seq,
+                        "last_hash": report.last_hash,
+                        "segments": report.segments,
+                        "pruned_before": report.pruned_before,
+                        "checkpoint": report.checkpoint,
+                    })
                 );
             } else {
-                println!(
-                    "audit log ok: {} entries, chain head {}",
+                let mut line = format!(
+                    "audit log ok: {} entries in {} segment(s), chain head {}",
                     report.entries,
-                    &report.last_hash[..16]
+                    report.segments,
+                    report.last_hash.get(..16).unwrap_or_default()
                 );
+                if report.pruned_before {
+                    line.push_str(&format!(
+                        "; starts at seq {} (older segments were deleted by [retention])",
+                        report.first_seq
+                    ));
+                }
+                match &report.checkpoint {
+                    Some(cp) => line.push_str(&format!("; checkpoint at seq {} is covered", cp.seq)),
+                    None => line.push_str("; no checkpoint yet, so a cut tail cannot be ruled out"),
+                }
+                println!("{line}");
             }
             Ok(())
         }
         Err(e) => {
             if json {
+                let missing = match &e {
+                    crate::audit::AuditError::Truncated { missing, .. } => Some(*missing),
+                    _ => None,
+                };
                 println!(
                     "{}",
-                    serde_json::json!({"ok": false, "error": e.to_string()})
+                    serde_json::json!({"ok": false, "error": e.to_string(), "missing_entries": missing})
                 );
             }
             Err(Failure {

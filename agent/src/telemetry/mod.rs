@@ -115,14 +115,28 @@ pub struct Probes {
     configs: BTreeMap<String, ProbeConfig>,
     /// Built on first use: most agents idle for days between samples.
     client: std::sync::OnceLock<reqwest::Client>,
+    /// The lifecycle's tests read values from here instead of the network.
+    #[cfg(test)]
+    fake: std::sync::OnceLock<FakeSampler>,
 }
+
+#[cfg(test)]
+type FakeSampler = std::sync::Arc<dyn Fn(&str) -> Option<f64> + Send + Sync>;
 
 impl Probes {
     pub fn new(configs: BTreeMap<String, ProbeConfig>) -> Probes {
         Probes {
             configs,
             client: std::sync::OnceLock::new(),
+            #[cfg(test)]
+            fake: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Makes every probe read its value from `f` (tests only).
+    #[cfg(test)]
+    pub fn set_fake(&self, f: FakeSampler) {
+        let _ = self.fake.set(f);
     }
 
     fn client(&self) -> reqwest::Client {
@@ -153,6 +167,24 @@ impl Probes {
     /// observations over that long where the probe kind allows (the guard's
     /// `before`); `None` uses each probe's own window.
     pub async fn sample(&self, names: &[String], window: Option<Duration>) -> Vec<ProbeSample> {
+        #[cfg(test)]
+        if let Some(f) = self.fake.get() {
+            let _ = window;
+            return names
+                .iter()
+                .map(|n| {
+                    let unit = self.configs.get(n).map(|c| c.unit()).unwrap_or(Unit::Number);
+                    ProbeSample {
+                        probe: n.clone(),
+                        at: Timestamp::now(),
+                        value: f(n),
+                        unit,
+                        note: None,
+                        detail: Value::Null,
+                    }
+                })
+                .collect();
+        }
         let mut set = tokio::task::JoinSet::new();
         for (i, name) in names.iter().enumerate() {
             let client = self.client();

@@ -145,7 +145,7 @@ async fn route(lc: Arc<Lifecycle>, req: Request<Incoming>, peer: SocketAddr) -> 
     let query = req.uri().query().unwrap_or("").to_string();
     tracing::debug!(%peer, method = %req.method(), %path, "request");
     match (req.method().clone(), path.as_str()) {
-        (Method::GET, "/healthz") => json_response(200, &json!({"status": "ok"})),
+        (Method::GET, "/healthz") => healthz(&lc),
         (Method::GET, "/metrics") => Response::builder()
             .header(
                 "content-type",
@@ -200,6 +200,18 @@ async fn post_command(lc: Arc<Lifecycle>, req: Request<Incoming>) -> Resp {
     }
 }
 
+/// 200 while the agent can record commands; 503, with the reason, while
+/// its state dir refuses writes (commands are refused then).
+fn healthz(lc: &Lifecycle) -> Resp {
+    match lc.storage_health() {
+        Ok(()) => json_response(200, &json!({"status": "ok"})),
+        Err(why) => json_response(
+            503,
+            &json!({"status": "unavailable", "reason": "storage_unavailable", "message": why}),
+        ),
+    }
+}
+
 fn hold_left(r: &CommandRecord) -> Option<u64> {
     r.hold_until.map(|t| Timestamp::now().until(t).as_secs())
 }
@@ -208,7 +220,6 @@ fn hold_left(r: &CommandRecord) -> Option<u64> {
 fn record_view(lc: &Lifecycle, r: &CommandRecord) -> Value {
     let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
     if let Some(o) = v.as_object_mut() {
-        o.remove("envelope");
         o.insert("settled".into(), Value::Bool(r.is_settled()));
         o.insert("terminal".into(), Value::Bool(r.is_terminal()));
         o.insert("hold_left_s".into(), json!(hold_left(r)));
@@ -242,7 +253,10 @@ async fn get_command(lc: &Arc<Lifecycle>, id: &str, query: &str) -> Resp {
         if done || wait.is_none() || tokio::time::Instant::now() >= deadline {
             return match rec {
                 Some(r) => json_response(200, &record_view(lc, &r)),
-                None => error(404, "not_found", &format!("this agent has no command {id}")),
+                None => match lc.archived_view(id).await {
+                    Some(v) => json_response(200, &v),
+                    None => error(404, "not_found", &format!("this agent has no command {id}")),
+                },
             };
         }
         if tokio::time::timeout_at(deadline, changes.changed())
