@@ -208,7 +208,7 @@ fn crash_after(transition: &str, shape: Shape) {
     assert!(!receipts.is_empty(), "{transition}: no receipts in {rec:#}");
     for name in &receipts {
         assert!(
-            env.path(&format!("state/receipts/{name}.json")).is_file(),
+            tourniquet::lifecycle::store::read_receipt(&env.path("state"), name).is_some(),
             "{transition}: receipt {name} is not stored"
         );
     }

@@ -164,32 +164,38 @@ fn targeting_is_honoured_and_forged_commands_are_refused_everywhere() {
     assert_eq!(view["silent"], json!([]), "{view}");
 
     // A command signed by a key no policy trusts, and one with no
-    // signature at all, published straight onto the subject.
+    // signature at all, published straight onto the subject. No agent
+    // signs a receipt for either (refusing them must cost nothing); each
+    // reads past them, counts them, and notes them in its audit log.
     let forged = command(json!({}), set_new_flow("on"));
-    let forged_id = forged["id"].as_str().unwrap().to_string();
-    publish(&op, &nats, &sign(&forged, &[op.key("mallory")]));
+    let forged_seq = publish(&op, &nats, &sign(&forged, &[op.key("mallory")]));
     let unsigned = command(json!({}), set_new_flow("on"));
-    let unsigned_id = unsigned["id"].as_str().unwrap().to_string();
     let mut bare: Value = serde_json::from_slice(&sign(&unsigned, &[op.key("alice")])).unwrap();
     bare["signatures"] = json!([]);
-    publish(&op, &nats, &serde_json::to_vec(&bare).unwrap());
+    let unsigned_seq = publish(&op, &nats, &serde_json::to_vec(&bare).unwrap());
+    assert!(unsigned_seq > forged_seq);
     for a in &agents {
-        let v = wait_outcome(&op, &nats, &forged_id, &a.id, |o| {
-            o["outcome"] == "rejected"
-        });
-        assert_eq!(
-            v["agents"][&a.id]["reason_code"], "unknown_signer",
-            "{}: {v}",
-            a.id
+        a.wait_cursor(unsigned_seq);
+        let reasons = wait_for(
+            &format!("{} to note both refusals in its audit log", a.id),
+            Duration::from_secs(10),
+            || {
+                let log = std::fs::read_to_string(a.path("state/audit.jsonl")).ok()?;
+                let reasons: Vec<String> = log
+                    .lines()
+                    .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                    .filter(|e| e["event"] == "rejected_unverified")
+                    .filter_map(|e| e["detail"]["reason_code"].as_str().map(String::from))
+                    .collect();
+                (reasons.len() >= 2).then_some(reasons)
+            },
         );
-        let v = wait_outcome(&op, &nats, &unsigned_id, &a.id, |o| {
-            o["outcome"] == "rejected"
-        });
+        assert!(reasons.contains(&"unknown_signer".to_string()), "{}: {reasons:?}", a.id);
         assert!(
-            v["agents"][&a.id]["reason_code"]
-                .as_str()
-                .is_some_and(|c| c == "bad_envelope" || c == "bad_signature"),
-            "{}: {v}",
+            reasons
+                .iter()
+                .any(|c| c == "bad_envelope" || c == "bad_signature"),
+            "{}: {reasons:?}",
             a.id
         );
     }

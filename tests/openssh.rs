@@ -612,11 +612,9 @@ fn ssh_keygen_verifies_a_receipt() {
         .and_then(|r| r.last())
         .and_then(Value::as_str)
         .expect("receipt name");
-    let stored: Value = serde_json::from_slice(
-        &std::fs::read(env.path(&format!("state/receipts/{stored_name}.json")))
-            .expect("stored receipt"),
-    )
-    .expect("json");
+    let stored: Value =
+        tourniquet::lifecycle::store::read_receipt(&env.path("state"), stored_name)
+            .expect("stored receipt");
     assert_eq!(&stored, receipt);
 
     std::fs::write(

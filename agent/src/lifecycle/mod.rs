@@ -504,9 +504,10 @@ impl Lifecycle {
         };
         if write {
             let message: String = rejection.message.chars().take(200).collect();
-            let _ = self.store.audit_event(
+            let _ = self.store.audit_envelope(
                 "rejected_unverified",
-                json!({"reason_code": code, "message": message, "envelope_sha256": sha, "transport": transport}),
+                sha,
+                json!({"reason_code": code, "message": message, "transport": transport}),
             );
         }
         Submission::Rejected {

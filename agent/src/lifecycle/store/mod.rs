@@ -384,6 +384,17 @@ impl Store {
         self.append_audit(&mut inner, event, None, None, detail)
     }
 
+    /// Appends an event about an envelope no trusted key vouched for.
+    pub fn audit_envelope(
+        &self,
+        event: &str,
+        envelope_sha256: &str,
+        detail: Value,
+    ) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        self.append_audit(&mut inner, event, None, Some(envelope_sha256), detail)
+    }
+
     /// Appends a command's event to the audit log (not synced).
     pub fn audit_command(
         &self,
