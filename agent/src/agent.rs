@@ -33,6 +33,15 @@ pub fn load_policy(path: &Path) -> Result<(Policy, String), String> {
 /// `--check`: validate the config and its policy, build nothing.
 pub fn check(cfg: &AgentConfig) -> Result<String, String> {
     let (policy, _) = load_policy(&cfg.agent.policy)?;
+    let state_dir = &cfg.agent.state_dir;
+    if std::fs::symlink_metadata(state_dir).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(format!(
+            "agent.state_dir: {} is a symlink; the agent never follows one there (point state_dir at the real directory)",
+            state_dir.display()
+        ));
+    }
+    // Building a provider also refuses a managed file that is a symlink
+    // unless its resource says `follow_symlinks = true`.
     for (name, r) in &cfg.resources {
         r.provider
             .build()
@@ -53,17 +62,22 @@ pub struct Built {
     pub policy_sha: String,
     pub policy_summary: String,
     pub created_key: bool,
+    /// The exclusive hold on the state dir: keep it for as long as the
+    /// agent runs, or a second agent could start on the same journal.
+    pub state_lock: crate::state::StateLock,
 }
 
 /// Opens the state dir, key, policy, providers, journal and audit log.
 /// `run` serves what this builds; the fleet bench builds thousands in one
 /// process and attaches only the NATS transport.
 pub fn build(cfg: &AgentConfig) -> Result<Built, String> {
-    let agent_id = cfg.agent_id();
+    // First of all: nothing in the state dir (journal, audit log, key) is
+    // opened or created before this agent holds it alone.
     let state_dir = cfg.agent.state_dir.clone();
-    crate::state::create_private_dir(&state_dir)
-        .map_err(|e| format!("{}: {e}", state_dir.display()))?;
-    let (key, created_key) = crate::state::load_or_create_agent_key(&state_dir, &agent_id)?;
+    let state_lock = crate::state::lock_state_dir(&state_dir).map_err(|e| e.to_string())?;
+    let agent_id = cfg.agent_id();
+    let (key, created_key) =
+        crate::state::load_or_create_agent_key(&state_dir, &agent_id).map_err(|e| e.to_string())?;
     let (policy, policy_sha) = load_policy(&cfg.agent.policy)?;
     let policy_summary = policy.summary();
 
@@ -111,6 +125,7 @@ pub fn build(cfg: &AgentConfig) -> Result<Built, String> {
         policy_sha,
         policy_summary,
         created_key,
+        state_lock,
     })
 }
 
@@ -122,6 +137,7 @@ pub async fn run(cfg: AgentConfig, dev_mode: bool) -> Result<(), String> {
         policy_sha,
         policy_summary,
         created_key,
+        state_lock: _state_lock,
     } = build(&cfg)?;
     let state_dir = cfg.agent.state_dir.clone();
 

@@ -222,10 +222,73 @@ pub struct ApiSection {
     /// Set false to run with the inbox only.
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// Whole-request read deadline: a request's head and body (and, with
+    /// TLS, the handshake before the first request) must all arrive within
+    /// it, counted from the request's first byte (from the accept for a new
+    /// connection). Past it the agent answers 408 `request_timeout` if it
+    /// can, and closes the connection. 1s to 1h; default 10s.
+    #[serde(default = "default_read_timeout", deserialize_with = "api_timeout")]
+    pub read_timeout: crate::payload::HumanDuration,
+    /// How long a keep-alive connection may wait for its next request, and
+    /// how long writing an answer may stall on a client that does not read.
+    /// 1s to 1h; default 30s.
+    #[serde(default = "default_idle_timeout", deserialize_with = "api_timeout")]
+    pub idle_timeout: crate::payload::HumanDuration,
+    /// Connections served at once (1 to 65536; default 256). At the cap a
+    /// new connection closes the one that has waited longest on its client
+    /// (see `transport::http`), so `/healthz` and a signed command still get
+    /// through a flood of slow clients. Keep the open file limit above this
+    /// plus about 64.
+    #[serde(
+        default = "default_max_connections",
+        deserialize_with = "max_connections"
+    )]
+    pub max_connections: usize,
 }
+
+/// Bounds of `api.max_connections`.
+pub const API_MAX_CONNECTIONS: std::ops::RangeInclusive<usize> = 1..=65536;
+/// Bounds of `api.read_timeout` and `api.idle_timeout`.
+const API_TIMEOUT_MIN: std::time::Duration = std::time::Duration::from_secs(1);
+const API_TIMEOUT_MAX: std::time::Duration = std::time::Duration::from_secs(3600);
 
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 7370))
+}
+fn default_read_timeout() -> crate::payload::HumanDuration {
+    crate::payload::HumanDuration(std::time::Duration::from_secs(10))
+}
+fn default_idle_timeout() -> crate::payload::HumanDuration {
+    crate::payload::HumanDuration(std::time::Duration::from_secs(30))
+}
+fn default_max_connections() -> usize {
+    256
+}
+
+/// A duration of the `[api]` section, bounded so that a typo cannot turn a
+/// deadline off (`0s`) or make it useless (`300years`).
+fn api_timeout<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<crate::payload::HumanDuration, D::Error> {
+    let v = crate::payload::HumanDuration::deserialize(d)?;
+    if !(API_TIMEOUT_MIN..=API_TIMEOUT_MAX).contains(&v.0) {
+        return Err(serde::de::Error::custom(format!(
+            "{v} is out of bounds: use 1s to 1h"
+        )));
+    }
+    Ok(v)
+}
+
+fn max_connections<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let n = u64::deserialize(d)?;
+    match usize::try_from(n) {
+        Ok(n) if API_MAX_CONNECTIONS.contains(&n) => Ok(n),
+        _ => Err(serde::de::Error::custom(format!(
+            "max_connections = {n} is out of bounds: use {} to {}",
+            API_MAX_CONNECTIONS.start(),
+            API_MAX_CONNECTIONS.end()
+        ))),
+    }
 }
 fn yes() -> bool {
     true
@@ -240,6 +303,9 @@ impl Default for ApiSection {
             client_ca: None,
             insecure: false,
             enabled: true,
+            read_timeout: default_read_timeout(),
+            idle_timeout: default_idle_timeout(),
+            max_connections: default_max_connections(),
         }
     }
 }
@@ -508,6 +574,33 @@ mod tests {
         assert!(err.contains("api.listen"), "{err}");
         let ok = format!("{text}insecure = true\n");
         assert!(AgentConfig::from_toml(&ok, "a.toml", Path::new("")).is_ok());
+    }
+
+    #[test]
+    fn api_limits_have_defaults_and_bounds() {
+        let base = "[agent]\nstate_dir = \"s\"\npolicy = \"p\"\n[api]\n";
+        let cfg = AgentConfig::from_toml(base, "a.toml", Path::new("")).unwrap();
+        assert_eq!(cfg.api.max_connections, 256);
+        assert_eq!(cfg.api.read_timeout.0, std::time::Duration::from_secs(10));
+        assert_eq!(cfg.api.idle_timeout.0, std::time::Duration::from_secs(30));
+        let ok = format!("{base}max_connections = 65536\nread_timeout = \"2s\"\n");
+        let cfg = AgentConfig::from_toml(&ok, "a.toml", Path::new("")).unwrap();
+        assert_eq!(cfg.api.max_connections, 65536);
+        assert_eq!(cfg.api.read_timeout.0, std::time::Duration::from_secs(2));
+        for (line, key) in [
+            ("max_connections = 0", "max_connections"),
+            ("max_connections = 65537", "max_connections"),
+            ("max_connections = -1", "max_connections"),
+            ("read_timeout = \"0s\"", "read_timeout"),
+            ("read_timeout = \"2h\"", "read_timeout"),
+            ("idle_timeout = \"10ms\"", "idle_timeout"),
+        ] {
+            let err = AgentConfig::from_toml(&format!("{base}{line}\n"), "a.toml", Path::new(""))
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with("a.toml:5:"), "{line}: {err}");
+            assert!(err.contains(key), "{line}: {err}");
+        }
     }
 
     #[test]

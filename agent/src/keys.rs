@@ -171,15 +171,24 @@ fn agent_sign(socket: &Path, public: &PublicKey, data: &[u8]) -> Result<Vec<u8>,
     }
 }
 
-/// Creates an OpenSSH ed25519 key pair: `path` (0600) and `path.pub`.
-/// Refuses to overwrite an existing key.
+/// Creates an OpenSSH ed25519 key pair: `path` (0600) and `path.pub`
+/// (0644). Refuses to overwrite either, and never follows a symlink at
+/// either name (`O_CREAT|O_EXCL|O_NOFOLLOW`): a link planted there would
+/// otherwise send the private key wherever it points. If the `.pub` cannot
+/// be created, the private key just made is removed again.
 pub fn generate_keypair(path: &Path, comment: &str) -> Result<PublicKey, KeyError> {
     let err = |why: String| KeyError::Load {
         path: path.to_path_buf(),
         why,
     };
-    if path.exists() {
-        return Err(err("already exists; refusing to overwrite a key".into()));
+    let pub_file = pub_path(path);
+    for p in [path, pub_file.as_path()] {
+        if fs::symlink_metadata(p).is_ok() {
+            return Err(KeyError::Load {
+                path: p.to_path_buf(),
+                why: "already exists; refusing to overwrite a key".into(),
+            });
+        }
     }
     let mut key =
         PrivateKey::random(&mut OsRng, Algorithm::Ed25519).map_err(|e| err(e.to_string()))?;
@@ -187,19 +196,30 @@ pub fn generate_keypair(path: &Path, comment: &str) -> Result<PublicKey, KeyErro
     let pem = key
         .to_openssh(LineEnding::LF)
         .map_err(|e| err(e.to_string()))?;
+    let public = key.public_key().clone();
+    let pub_line = public.to_openssh().map_err(|e| err(e.to_string()))?;
+    write_new(path, pem.as_bytes(), 0o600).map_err(|e| err(e.to_string()))?;
+    if let Err(e) = write_new(&pub_file, format!("{pub_line}\n").as_bytes(), 0o644) {
+        // Ours: O_EXCL made it, so removing it removes nothing else.
+        let _ = fs::remove_file(path);
+        return Err(KeyError::Load {
+            path: pub_file,
+            why: e.to_string(),
+        });
+    }
+    Ok(public)
+}
+
+/// Creates `path` with `O_CREAT|O_EXCL|O_NOFOLLOW`, writes and fsyncs it.
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| err(e.to_string()))?;
-    f.write_all(pem.as_bytes())
-        .map_err(|e| err(e.to_string()))?;
-    f.sync_all().map_err(|e| err(e.to_string()))?;
-    let public = key.public_key().clone();
-    let pub_line = public.to_openssh().map_err(|e| err(e.to_string()))?;
-    fs::write(pub_path(path), format!("{pub_line}\n")).map_err(|e| err(e.to_string()))?;
-    Ok(public)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(mode)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
 }
 
 /// `key` → `key.pub`.

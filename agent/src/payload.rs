@@ -16,12 +16,33 @@ use tourniquet_providers::ActionSpec;
 
 /// Most actions one command may carry.
 pub const MAX_ACTIONS: usize = 16;
+/// Longest duration any field accepts (100 years of 365.25 days). Nothing
+/// an operator means is longer, and anything shorter than this can be
+/// added to any time of this era without overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
+/// Longest guard bake: an emergency change is judged within the hour.
+pub const MAX_BAKE: Duration = Duration::from_secs(3600);
+/// Longest guard before-window.
+pub const MAX_BEFORE: Duration = Duration::from_secs(3600);
+/// Longest pause between bake rounds.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(600);
+/// Longest time between two rollout waves.
+pub const MAX_WAVE_BAKE: Duration = Duration::from_secs(24 * 3600);
 
 /// An RFC 3339 UTC timestamp (`2026-12-01T18:00:00Z`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Timestamp(pub SystemTime);
 
+/// Seconds from the Unix epoch to 9999-12-31T23:59:59Z, the last instant
+/// RFC 3339 can write.
+const MAX_UNIX_SECONDS: u64 = 253_402_300_799;
+
 impl Timestamp {
+    /// The last instant RFC 3339 can write, 9999-12-31T23:59:59Z: where
+    /// [`Timestamp::plus`] saturates.
+    pub fn max() -> Self {
+        Timestamp(SystemTime::UNIX_EPOCH + Duration::from_secs(MAX_UNIX_SECONDS))
+    }
     pub fn now() -> Self {
         Timestamp(SystemTime::now())
     }
@@ -37,15 +58,17 @@ impl Timestamp {
             .map(|d| d.as_secs())
             .unwrap_or(0)
     }
-    /// `self + d`, saturating at a far-future instant: never panics.
+    /// `self + d`, saturating at [`Timestamp::max`]: never panics, however
+    /// large `d` is.
     pub fn plus(self, d: Duration) -> Self {
-        self.checked_plus(d).unwrap_or(Timestamp(
-            SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_799),
-        ))
+        self.checked_plus(d).unwrap_or_else(Timestamp::max)
     }
-    /// `self + d`, or `None` where that is not a representable instant.
+    /// `self + d`, or `None` past [`Timestamp::max`].
     pub fn checked_plus(self, d: Duration) -> Option<Self> {
-        self.0.checked_add(d).map(Timestamp)
+        self.0
+            .checked_add(d)
+            .map(Timestamp)
+            .filter(|t| *t <= Timestamp::max())
     }
     /// How long from `self` until `later`; zero if `later` is not later.
     pub fn until(self, later: Timestamp) -> Duration {
@@ -54,8 +77,11 @@ impl Timestamp {
 }
 
 impl fmt::Display for Timestamp {
+    /// RFC 3339 with milliseconds. A time outside what RFC 3339 can write
+    /// (before 1970, after 9999) is shown clamped rather than panicking.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", humantime::format_rfc3339_millis(self.0))
+        let clamped = self.0.clamp(SystemTime::UNIX_EPOCH, Timestamp::max().0);
+        write!(f, "{}", humantime::format_rfc3339_millis(clamped))
     }
 }
 
@@ -77,10 +103,18 @@ impl<'de> Deserialize<'de> for Timestamp {
 pub struct HumanDuration(pub Duration);
 
 impl HumanDuration {
+    /// Parses a humantime duration, refusing any above [`MAX_DURATION`], so
+    /// no later time arithmetic on it can overflow.
     pub fn parse(text: &str) -> Result<Self, String> {
-        humantime::parse_duration(text)
-            .map(HumanDuration)
-            .map_err(|e| format!("{text:?} is not a duration like \"90s\" or \"10m\": {e}"))
+        let d = humantime::parse_duration(text)
+            .map_err(|e| format!("{text:?} is not a duration like \"90s\" or \"10m\": {e}"))?;
+        if d > MAX_DURATION {
+            return Err(format!(
+                "{text:?} is longer than {}, the most any duration may be",
+                humantime::format_duration(MAX_DURATION)
+            ));
+        }
+        Ok(HumanDuration(d))
     }
 }
 
@@ -376,6 +410,15 @@ impl Action {
         }
     }
 
+    /// For `revert` and `halt`, the command it names, decoded. `None` for
+    /// other ops.
+    pub fn command_ulid(&self) -> Option<ulid::Ulid> {
+        (self.op == REVERT_OP || self.op == HALT_OP)
+            .then(|| self.params.get("command").and_then(Value::as_str))
+            .flatten()
+            .and_then(canonical_ulid)
+    }
+
     /// For `revert`, the command it undoes.
     pub fn revert_target(&self) -> Option<&str> {
         (self.op == REVERT_OP)
@@ -436,9 +479,34 @@ impl<'de> Deserialize<'de> for Action {
                 ))
             }
         };
+        if op == REVERT_OP || op == HALT_OP {
+            // Exactly {"op", "command"}: a `resource` here once slipped
+            // through and was ignored, so nothing extra is let by.
+            let shape = || format!("action {op}: takes exactly {{\"command\": \"<ULID>\"}}");
+            if let Some(extra) = m.keys().find(|k| k.as_str() != "command") {
+                return Err(de::Error::custom(format!(
+                    "{}; unknown field {extra:?}",
+                    shape()
+                )));
+            }
+            match m.get("command") {
+                Some(Value::String(c)) if canonical_ulid(c).is_some() => {}
+                Some(Value::String(c)) => {
+                    return Err(de::Error::custom(format!(
+                    "{}; {c:?} is not a canonical ULID (26 upper-case Crockford base32 characters)",
+                    shape()
+                )))
+                }
+                _ => return Err(de::Error::custom(shape())),
+            }
+            return Ok(Action {
+                resource: None,
+                op,
+                params: m,
+            });
+        }
         let resource = match m.remove("resource") {
             Some(Value::String(s)) if !s.is_empty() => Some(s),
-            None if op == REVERT_OP || op == HALT_OP => None,
             None => {
                 return Err(de::Error::custom(format!(
                     "action {op:?}: missing \"resource\""
@@ -450,16 +518,6 @@ impl<'de> Deserialize<'de> for Action {
                 ))
             }
         };
-        if op == REVERT_OP || op == HALT_OP {
-            match (m.get("command").and_then(Value::as_str), m.len()) {
-                (Some(c), 1) if ulid::Ulid::from_string(c).is_ok() => {}
-                _ => {
-                    return Err(de::Error::custom(format!(
-                        "action {op}: takes exactly {{\"command\": \"<ULID>\"}}"
-                    )))
-                }
-            }
-        }
         Ok(Action {
             resource,
             op,
@@ -521,6 +579,82 @@ impl<'de> Visitor<'de> for StrictJsonVisitor {
     }
 }
 
+/// The canonical ULID `text` spells, if it spells one canonically: exactly
+/// 26 characters of upper-case Crockford base32, and the text the decoded
+/// value prints as. One command has one id, so `01ARZ…` and `01arz…` (or
+/// Crockford's `O`-for-`0` aliases) are refused instead of being two ids
+/// for one value.
+pub fn canonical_ulid(text: &str) -> Option<ulid::Ulid> {
+    const CROCKFORD: &[u8] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+    if text.len() != ulid::ULID_LEN || !text.bytes().all(|b| CROCKFORD.contains(&b)) {
+        return None;
+    }
+    ulid::Ulid::from_string(text)
+        .ok()
+        .filter(|u| u.to_string() == text)
+}
+
+/// What an invisible or reordering character is called, if `c` is one:
+/// controls, Unicode bidi formatting, zero-width characters, line and
+/// paragraph separators, and tag characters. Any of them lets a reviewer's
+/// terminal show a different text than the one that was signed.
+pub fn invisible_char(c: char) -> Option<&'static str> {
+    Some(match c {
+        '\u{061C}' => "Arabic letter mark",
+        '\u{200E}' => "left-to-right mark",
+        '\u{200F}' => "right-to-left mark",
+        '\u{202A}' => "left-to-right embedding",
+        '\u{202B}' => "right-to-left embedding",
+        '\u{202C}' => "pop directional formatting",
+        '\u{202D}' => "left-to-right override",
+        '\u{202E}' => "right-to-left override",
+        '\u{2066}' => "left-to-right isolate",
+        '\u{2067}' => "right-to-left isolate",
+        '\u{2068}' => "first strong isolate",
+        '\u{2069}' => "pop directional isolate",
+        '\u{200B}' => "zero width space",
+        '\u{200C}' => "zero width non-joiner",
+        '\u{200D}' => "zero width joiner",
+        '\u{2060}' => "word joiner",
+        '\u{FEFF}' => "zero width no-break space",
+        '\u{00AD}' => "soft hyphen",
+        '\u{2028}' => "line separator",
+        '\u{2029}' => "paragraph separator",
+        '\u{E0000}'..='\u{E007F}' => "tag character",
+        c if c.is_control() => "control character",
+        _ => return None,
+    })
+}
+
+/// Refuses invisible characters in a string a human will read, naming the
+/// field and the code point: `reason contains U+202E (right-to-left
+/// override)`.
+fn check_visible(field: &str, value: &str) -> Result<(), String> {
+    match value
+        .chars()
+        .find_map(|c| invisible_char(c).map(|n| (c, n)))
+    {
+        Some((c, name)) => Err(format!("{field} contains U+{:04X} ({name})", c as u32)),
+        None => Ok(()),
+    }
+}
+
+/// Every key and string inside an action's params, checked as visible text.
+fn check_visible_value(field: &str, value: &Value) -> Result<(), String> {
+    match value {
+        Value::String(s) => check_visible(field, s),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, v)| check_visible_value(&format!("{field}[{i}]"), v)),
+        Value::Object(m) => m.iter().try_for_each(|(k, v)| {
+            check_visible(&format!("{field} key {k:?}"), k)?;
+            check_visible_value(&format!("{field}.{k}"), v)
+        }),
+        Value::Null | Value::Bool(_) | Value::Number(_) => Ok(()),
+    }
+}
+
 fn check_text(field: &str, value: &str, max: usize) -> Result<(), String> {
     if value.trim().is_empty() {
         return Err(format!("{field} must not be empty"));
@@ -528,28 +662,71 @@ fn check_text(field: &str, value: &str, max: usize) -> Result<(), String> {
     if value.len() > max {
         return Err(format!("{field} is longer than {max} bytes"));
     }
-    if value.chars().any(|c| c.is_control()) {
-        return Err(format!("{field} must not contain control characters"));
+    check_visible(field, value)
+}
+
+/// Refuses a duration above `max`, with a sentence naming the field.
+fn check_at_most(field: &str, d: Option<HumanDuration>, max: Duration) -> Result<(), String> {
+    match d {
+        Some(d) if d.0 > max => Err(format!(
+            "{field} is {d}; at most {} is allowed",
+            humantime::format_duration(max)
+        )),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 impl Payload {
     /// Parses payload bytes strictly. The error names the field and why.
     pub fn parse(bytes: &[u8]) -> Result<Payload, String> {
+        if let Err(e) = std::str::from_utf8(bytes) {
+            return Err(format!(
+                "payload is not UTF-8: invalid byte at offset {}",
+                e.valid_up_to()
+            ));
+        }
         serde_json::from_slice::<StrictJson>(bytes).map_err(|e| e.to_string())?;
         let p: Payload = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
         p.check()?;
         Ok(p)
     }
 
+    /// The command's id as a ULID. Every payload that passed
+    /// [`Payload::check`] has one; for one that did not, the nil ULID,
+    /// which no real command carries.
+    pub fn ulid(&self) -> ulid::Ulid {
+        canonical_ulid(&self.id).unwrap_or_default()
+    }
+
     /// Shape rules serde cannot express.
     pub fn check(&self) -> Result<(), String> {
-        ulid::Ulid::from_string(&self.id).map_err(|_| format!("id {:?} is not a ULID", self.id))?;
+        if canonical_ulid(&self.id).is_none() {
+            return Err(format!(
+                "id {:?} is not a canonical ULID (26 upper-case Crockford base32 characters)",
+                self.id
+            ));
+        }
         check_text("issuer", &self.issuer, 256)?;
         check_text("reason", &self.reason, 1024)?;
         if let Some(t) = &self.ticket {
             check_text("ticket", t, 128)?;
+        }
+        for (k, v) in &self.target.labels {
+            check_visible(&format!("target.labels key {k:?}"), k)?;
+            check_visible(&format!("target.labels.{k}"), v)?;
+        }
+        for (i, a) in self.target.agents.iter().enumerate() {
+            check_visible(&format!("target.agents[{i}]"), a)?;
+        }
+        for (i, a) in self.actions.iter().enumerate() {
+            check_visible(&format!("actions[{i}].op"), &a.op)?;
+            if let Some(r) = &a.resource {
+                check_visible(&format!("actions[{i}].resource"), r)?;
+            }
+            for (k, v) in &a.params {
+                check_visible(&format!("actions[{i}] param {k:?}"), k)?;
+                check_visible_value(&format!("actions[{i}].{k}"), v)?;
+            }
         }
         if self.actions.is_empty() {
             return Err("actions must not be empty".into());
@@ -564,6 +741,15 @@ impl Payload {
             if g.probes.is_empty() {
                 return Err("guard.probes must not be empty".into());
             }
+            for (i, p) in g.probes.iter().enumerate() {
+                check_visible(&format!("guard.probes[{i}]"), p)?;
+            }
+            for (i, c) in g.checks.iter().enumerate() {
+                check_visible(&format!("guard.checks[{i}].probe"), &c.probe)?;
+            }
+            check_at_most("guard.bake", g.bake, MAX_BAKE)?;
+            check_at_most("guard.before", g.before, MAX_BEFORE)?;
+            check_at_most("guard.interval", g.interval, MAX_INTERVAL)?;
         }
         if let Some(r) = &self.rollout {
             if r.waves.is_empty() || r.waves.len() > 20 {
@@ -575,6 +761,7 @@ impl Payload {
             if r.waves.last() != Some(&100) {
                 return Err("rollout.waves must end at 100, so every agent is in a wave".into());
             }
+            check_at_most("rollout.wave_bake", r.wave_bake, MAX_WAVE_BAKE)?;
         }
         if self.actions.iter().any(|a| a.op == HALT_OP) && self.actions.len() > 1 {
             return Err("halt must be the only action of its command".into());
@@ -624,6 +811,218 @@ mod tests {
         assert!(Payload::parse(bad_id.as_bytes())
             .unwrap_err()
             .contains("ULID"));
+    }
+
+    const ID: &str = "01JD3Z8K6Q0V6N9W2X4Y5Z7A8B";
+
+    fn parse_err(text: &str) -> String {
+        Payload::parse(text.as_bytes()).unwrap_err()
+    }
+
+    #[test]
+    fn ids_must_be_canonical_ulids() {
+        let u = canonical_ulid(ID).unwrap();
+        assert_eq!(u.to_string(), ID);
+        assert_eq!(Payload::parse(GOOD.as_bytes()).unwrap().ulid(), u);
+        for bad in [
+            ID.to_lowercase(),
+            ID.replace('0', "O"),
+            ID.replacen('1', "I", 1),
+            ID.replacen('1', "L", 1),
+            format!("{ID}0"),
+            ID[1..].to_string(),
+            format!(" {}", &ID[1..]),
+            // 26 characters, but above 2^128: the first may be at most 7.
+            format!("8{}", &ID[1..]),
+            "0".repeat(25) + "\u{e9}",
+        ] {
+            assert_eq!(canonical_ulid(&bad), None, "{bad:?}");
+            let err = parse_err(&GOOD.replace(ID, &bad));
+            assert!(err.contains("canonical ULID"), "{bad:?}: {err}");
+        }
+    }
+
+    fn revert(body: &str) -> String {
+        GOOD.replace(
+            r#"{"resource":"checkout-flags","op":"flag.set","flag":"new_flow","variant":"off"}"#,
+            body,
+        )
+    }
+
+    #[test]
+    fn revert_and_halt_take_exactly_a_canonical_command() {
+        let target = "01JD3Z8K6Q0V6N9W2X4Y5Z7A8C";
+        for op in [REVERT_OP, HALT_OP] {
+            let good = revert(&format!(r#"{{"op":"{op}","command":"{target}"}}"#));
+            let p = Payload::parse(good.as_bytes()).unwrap();
+            assert_eq!(p.actions[0].resource, None);
+            assert_eq!(
+                p.actions[0].command_ulid(),
+                Some(canonical_ulid(target).unwrap())
+            );
+            for (body, says) in [
+                (
+                    format!(r#"{{"op":"{op}","command":"{target}","resource":"checkout-flags"}}"#),
+                    "unknown field \"resource\"",
+                ),
+                (
+                    format!(r#"{{"op":"{op}","command":"{target}","flag":"x"}}"#),
+                    "unknown field \"flag\"",
+                ),
+                (
+                    format!(r#"{{"op":"{op}","command":"{}"}}"#, target.to_lowercase()),
+                    "not a canonical ULID",
+                ),
+                (format!(r#"{{"op":"{op}"}}"#), "takes exactly"),
+                (format!(r#"{{"op":"{op}","command":7}}"#), "takes exactly"),
+            ] {
+                let err = parse_err(&revert(&body));
+                assert!(err.contains(says), "{body}: {err}");
+            }
+        }
+    }
+
+    #[test]
+    fn invisible_characters_are_refused_by_field_and_code_point() {
+        let cases = [
+            (
+                GOOD.replace("INC-1", "INC-1 \u{202E}gnp.exe"),
+                "reason contains U+202E (right-to-left override)",
+            ),
+            (
+                GOOD.replace("INC-1", "INC\u{200B}-1"),
+                "reason contains U+200B (zero width space)",
+            ),
+            (
+                GOOD.replace("INC-1", r"INC-1\u0007"),
+                "reason contains U+0007 (control character)",
+            ),
+            (
+                GOOD.replace("INC-1", r"INC-1\u2066"),
+                "reason contains U+2066 (left-to-right isolate)",
+            ),
+            (
+                GOOD.replace("alice@", "alice\u{FEFF}@"),
+                "issuer contains U+FEFF (zero width no-break space)",
+            ),
+            (
+                GOOD.replace("\"reason\"", "\"ticket\":\"T\u{061C}1\",\"reason\""),
+                "ticket contains U+061C (Arabic letter mark)",
+            ),
+            (
+                GOOD.replace(
+                    "\"target\":{}",
+                    "\"target\":{\"labels\":{\"env\":\"pro\u{200D}d\"}}",
+                ),
+                "target.labels.env contains U+200D (zero width joiner)",
+            ),
+            (
+                GOOD.replace(
+                    "\"target\":{}",
+                    "\"target\":{\"agents\":[\"a\",\"b\u{200F}\"]}",
+                ),
+                "target.agents[1] contains U+200F (right-to-left mark)",
+            ),
+            (
+                GOOD.replace("\"variant\":\"off\"", "\"variant\":\"o\u{2060}ff\""),
+                "actions[0].variant contains U+2060 (word joiner)",
+            ),
+            (
+                GOOD.replace(
+                    "\"hold\":\"30m\"",
+                    "\"guard\":{\"probes\":[\"svc\u{202A}\"]}",
+                ),
+                "guard.probes[0] contains U+202A (left-to-right embedding)",
+            ),
+        ];
+        for (text, says) in cases {
+            assert_eq!(parse_err(&text), says);
+        }
+        // Ordinary non-ASCII text stays welcome.
+        let fine = GOOD.replace("INC-1", "INC-1: Störung — 結帳 500s ✓");
+        Payload::parse(fine.as_bytes()).unwrap();
+    }
+
+    #[test]
+    fn a_payload_that_is_not_utf8_is_refused() {
+        let mut bytes = GOOD.as_bytes().to_vec();
+        let at = GOOD.find("INC-1").unwrap();
+        bytes.insert(at, 0xFF);
+        assert!(Payload::parse(&bytes).unwrap_err().contains("not UTF-8"));
+    }
+
+    #[test]
+    fn durations_are_bounded_and_never_panic() {
+        for huge in [
+            "18446744073709551615s",
+            "500000000years",
+            "18446744073709551615years",
+            "99999999999999999999999s",
+            "101years",
+        ] {
+            assert!(HumanDuration::parse(huge).is_err(), "{huge}");
+            let err = parse_err(&GOOD.replace("\"hold\":\"30m\"", &format!("\"hold\":\"{huge}\"")));
+            assert!(err.contains(huge), "{huge}: {err}");
+        }
+        assert_eq!(HumanDuration::parse("100years").unwrap().0, MAX_DURATION);
+        for (field, json, says) in [
+            (
+                "bake",
+                r#""bake":"61m""#,
+                "guard.bake is 1h 1m; at most 1h is allowed",
+            ),
+            (
+                "before",
+                r#""before":"2h""#,
+                "guard.before is 2h; at most 1h is allowed",
+            ),
+            (
+                "interval",
+                r#""interval":"11m""#,
+                "guard.interval is 11m; at most 10m is allowed",
+            ),
+        ] {
+            let text = GOOD.replace(
+                "\"hold\":\"30m\"",
+                &format!("\"guard\":{{\"probes\":[\"svc\"],{json}}}"),
+            );
+            assert_eq!(parse_err(&text), says, "{field}");
+        }
+        let at_limit = GOOD.replace(
+            "\"hold\":\"30m\"",
+            r#""guard":{"probes":["svc"],"bake":"1h","before":"1h","interval":"10m"}"#,
+        );
+        Payload::parse(at_limit.as_bytes()).unwrap();
+        let waves = GOOD.replace(
+            "\"hold\":\"30m\"",
+            r#""rollout":{"waves":[50,100],"wave_bake":"2days"}"#,
+        );
+        assert_eq!(
+            parse_err(&waves),
+            "rollout.wave_bake is 2days; at most 1day is allowed"
+        );
+    }
+
+    #[test]
+    fn timestamps_saturate_instead_of_panicking() {
+        let now = Timestamp::now();
+        assert_eq!(now.plus(Duration::MAX), Timestamp::max());
+        assert_eq!(now.checked_plus(Duration::MAX), None);
+        assert_eq!(now.checked_plus(MAX_DURATION).map(|t| t > now), Some(true));
+        assert_eq!(
+            now.checked_plus(Duration::from_secs(60)),
+            Some(Timestamp(now.0 + Duration::from_secs(60)))
+        );
+        assert_eq!(Timestamp::max().to_string(), "9999-12-31T23:59:59.000Z");
+        assert_eq!(
+            Timestamp::max().plus(Duration::from_secs(1)),
+            Timestamp::max()
+        );
+        // Times RFC 3339 cannot write are shown clamped, not a panic.
+        let beyond = Timestamp(Timestamp::max().0 + Duration::from_secs(86_400 * 400));
+        assert_eq!(beyond.to_string(), "9999-12-31T23:59:59.000Z");
+        let before = Timestamp(SystemTime::UNIX_EPOCH - Duration::from_secs(1));
+        assert_eq!(before.to_string(), "1970-01-01T00:00:00.000Z");
     }
 
     #[test]

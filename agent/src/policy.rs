@@ -36,6 +36,10 @@ pub struct PolicyFile {
     pub expires: Option<Timestamp>,
     /// Cap on `expires - issued_at` of a command.
     pub max_ttl: HumanDuration,
+    /// Cap on a command's `hold`: how long a hotfix may stay in force
+    /// before it reverts itself. Default 7 days.
+    #[serde(default = "default_max_hold")]
+    pub max_hold: HumanDuration,
     /// Tolerance for clock differences between operator and agent.
     #[serde(default = "default_clock_skew")]
     pub clock_skew: HumanDuration,
@@ -52,6 +56,13 @@ pub struct PolicyFile {
 
 fn default_clock_skew() -> HumanDuration {
     HumanDuration(Duration::from_secs(120))
+}
+
+/// Default `max_hold`: a week.
+pub const DEFAULT_MAX_HOLD: Duration = Duration::from_secs(7 * 24 * 3600);
+
+fn default_max_hold() -> HumanDuration {
+    HumanDuration(DEFAULT_MAX_HOLD)
 }
 
 /// One operator key.
@@ -165,6 +176,9 @@ impl Policy {
         if file.max_ttl.0.is_zero() {
             return Err(invalid("max_ttl".into(), "must be more than zero".into()));
         }
+        if file.max_hold.0.is_zero() {
+            return Err(invalid("max_hold".into(), "must be more than zero".into()));
+        }
         let mut keys_by_data = HashMap::new();
         for (name, key) in &file.keys {
             let public = PublicKey::from_openssh(key.public_key.trim()).map_err(|e| {
@@ -222,8 +236,13 @@ impl Policy {
     }
 
     /// Verifies a command envelope end to end: size, shape, policy validity,
-    /// every signature, the payload (parsed from the verified bytes), and its
-    /// times. Permission per action is checked by [`Policy::authorize`].
+    /// every signature, the payload (parsed from the verified bytes), its
+    /// times and its hold. Permission per action is checked by
+    /// [`Policy::authorize`].
+    ///
+    /// `bytes` must be the body exactly as received: it is checked as UTF-8
+    /// (anything else is `bad_envelope`), parsed, and hashed as it is, never
+    /// through a repaired copy.
     pub fn verify_envelope(
         &self,
         bytes: &[u8],
@@ -235,6 +254,15 @@ impl Policy {
                 format!(
                     "envelope is {} bytes; the limit is {MAX_ENVELOPE_BYTES}",
                     bytes.len()
+                ),
+            ));
+        }
+        if let Err(e) = std::str::from_utf8(bytes) {
+            return Err(Rejection::new(
+                Reason::BadEnvelope,
+                format!(
+                    "the envelope is not UTF-8 JSON: invalid byte at offset {}",
+                    e.valid_up_to()
                 ),
             ));
         }
@@ -276,6 +304,7 @@ impl Policy {
         let payload =
             Payload::parse(&payload_bytes).map_err(|e| Rejection::new(Reason::BadPayload, e))?;
         self.check_times(&payload, now)?;
+        self.check_hold(&payload)?;
         Ok(VerifiedCommand {
             payload,
             signers,
@@ -377,6 +406,19 @@ impl Policy {
         Ok(())
     }
 
+    fn check_hold(&self, p: &Payload) -> Result<(), Rejection> {
+        match p.hold {
+            Some(hold) if hold > self.file.max_hold => Err(Rejection::new(
+                Reason::HoldTooLong,
+                format!(
+                    "hold is {hold}; the policy allows at most {}",
+                    self.file.max_hold
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Whether `signers` may run `op` on `resource`: the first rule whose
     /// ops and resources match decides, and it needs `threshold` distinct
     /// keys holding one of its roles.
@@ -439,5 +481,214 @@ impl Policy {
             self.file.max_ttl,
             self.revoked.len()
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::COMMAND_PAYLOAD_TYPE;
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
+    use rand_core::OsRng;
+    use serde_json::{json, Value};
+    use ssh_encoding::Encode;
+    use ssh_key::{Algorithm, HashAlg, PrivateKey};
+
+    struct Fixture {
+        key: PrivateKey,
+        policy: Policy,
+    }
+
+    fn fixture(extra: &str) -> Fixture {
+        let key = PrivateKey::random(&mut OsRng, Algorithm::Ed25519).unwrap();
+        let text = format!(
+            "version = 1\nmax_ttl = \"30m\"\n{extra}\n[keys.alice]\npublic_key = \"{}\"\nroles = [\"sre\"]\n\n[[rules]]\nops = [\"flag.*\", \"revert\"]\nroles = [\"sre\"]\n",
+            key.public_key().to_openssh().unwrap()
+        );
+        let policy = Policy::from_toml(&text, "policy.toml").unwrap();
+        Fixture { key, policy }
+    }
+
+    fn payload() -> Value {
+        let now = std::time::SystemTime::now();
+        json!({
+            "id": ulid::Ulid::new().to_string(),
+            "issuer": "alice@example.com",
+            "issued_at": humantime::format_rfc3339_seconds(now).to_string(),
+            "expires": humantime::format_rfc3339_seconds(now + Duration::from_secs(600)).to_string(),
+            "reason": "INC-1",
+            "target": {},
+            "actions": [{"resource": "checkout-flags", "op": "flag.set", "flag": "f", "variant": "off"}],
+        })
+    }
+
+    fn envelope(f: &Fixture, payload: &Value) -> Envelope {
+        let bytes = serde_json::to_vec(payload).unwrap();
+        let mut env = Envelope::new(COMMAND_PAYLOAD_TYPE, &bytes);
+        let sig = f
+            .key
+            .sign(
+                COMMAND_NAMESPACE,
+                HashAlg::Sha512,
+                &envelope::pae(COMMAND_PAYLOAD_TYPE, &bytes),
+            )
+            .unwrap();
+        env.add_signature(&sig).unwrap();
+        env
+    }
+
+    fn verify(f: &Fixture, bytes: &[u8]) -> Result<VerifiedCommand, Rejection> {
+        f.policy.verify_envelope(bytes, Timestamp::now())
+    }
+
+    fn reason(f: &Fixture, bytes: &[u8]) -> Reason {
+        verify(f, bytes).map(|_| ()).unwrap_err().reason
+    }
+
+    #[test]
+    fn a_good_envelope_verifies() {
+        let f = fixture("");
+        let bytes = serde_json::to_vec(&envelope(&f, &payload())).unwrap();
+        let v = verify(&f, &bytes).unwrap();
+        assert_eq!(v.signers[0].name, "alice");
+        assert_eq!(v.envelope_sha256, envelope::sha256_hex(&bytes));
+    }
+
+    #[test]
+    fn invalid_utf8_anywhere_in_the_envelope_is_bad_envelope() {
+        let f = fixture("");
+        let bytes = serde_json::to_vec(&envelope(&f, &payload())).unwrap();
+        // Inside the keyid, a hint nothing checks: a lossy copy of these
+        // bytes would verify.
+        let at = bytes.windows(7).position(|w| w == b"SHA256:").unwrap();
+        let mut bad = bytes.clone();
+        bad.insert(at, 0xFF);
+        let lossy = String::from_utf8_lossy(&bad).into_owned();
+        assert!(
+            verify(&f, lossy.as_bytes()).is_ok(),
+            "the lossy copy verifies"
+        );
+        let rej = verify(&f, &bad).map(|_| ()).unwrap_err();
+        assert_eq!(rej.reason, Reason::BadEnvelope);
+        assert!(rej.message.contains("not UTF-8"), "{}", rej.message);
+        // Outside any string, and as a lone continuation byte.
+        for (at, byte) in [(0, 0xFF), (bytes.len() - 1, 0x80)] {
+            let mut bad = bytes.clone();
+            bad.insert(at, byte);
+            assert_eq!(reason(&f, &bad), Reason::BadEnvelope);
+        }
+    }
+
+    /// Re-encodes the first signature's blob with `edit` applied.
+    fn with_blob(env: &Envelope, edit: impl Fn(&mut Vec<u8>)) -> Vec<u8> {
+        let sig = envelope::decode_signature(&env.signatures[0].sig).unwrap();
+        let mut blob = Vec::new();
+        sig.encode(&mut blob).unwrap();
+        edit(&mut blob);
+        let mut env = env.clone();
+        env.signatures[0].sig = STANDARD.encode(blob);
+        serde_json::to_vec(&env).unwrap()
+    }
+
+    #[test]
+    fn lenient_sshsig_encodings_are_bad_signature() {
+        let f = fixture("");
+        let env = envelope(&f, &payload());
+        let trailing = with_blob(&env, |b| b.extend_from_slice(&[0u8; 16]));
+        let rej = verify(&f, &trailing).map(|_| ()).unwrap_err();
+        assert_eq!(rej.reason, Reason::BadSignature);
+        assert!(rej.message.contains("16 byte(s)"), "{}", rej.message);
+        // The signature's algorithm label, `ssh-ed25519` (11 bytes), is the
+        // second of its kind in the blob (after the public key's); the same
+        // bytes labelled `rsa-sha2-512` must not verify.
+        let relabelled = with_blob(&env, |b| {
+            let label = b"ssh-ed25519";
+            let at = b
+                .windows(label.len())
+                .enumerate()
+                .filter(|(_, w)| w == label)
+                .nth(1)
+                .map(|(i, _)| i)
+                .unwrap();
+            let sig_len = u32::from_be_bytes(b[at - 8..at - 4].try_into().unwrap()) + 1;
+            b[at - 8..at - 4].copy_from_slice(&sig_len.to_be_bytes());
+            b[at - 4..at].copy_from_slice(&12u32.to_be_bytes());
+            b.splice(at..at + label.len(), b"rsa-sha2-512".iter().copied());
+        });
+        let rej = verify(&f, &relabelled).map(|_| ()).unwrap_err();
+        assert_eq!(rej.reason, Reason::BadSignature);
+        assert!(rej.message.contains("rsa-sha2-512"), "{}", rej.message);
+    }
+
+    #[test]
+    fn a_non_canonical_id_is_bad_payload() {
+        let f = fixture("");
+        let mut p = payload();
+        p["id"] = json!(p["id"].as_str().unwrap().to_lowercase());
+        let bytes = serde_json::to_vec(&envelope(&f, &p)).unwrap();
+        let rej = verify(&f, &bytes).map(|_| ()).unwrap_err();
+        assert_eq!(rej.reason, Reason::BadPayload);
+        assert!(rej.message.contains("canonical ULID"), "{}", rej.message);
+    }
+
+    #[test]
+    fn a_hold_over_max_hold_is_hold_too_long() {
+        let f = fixture("");
+        assert_eq!(f.policy.file.max_hold.0, DEFAULT_MAX_HOLD);
+        let mut p = payload();
+        p["hold"] = json!("7d");
+        let ok = serde_json::to_vec(&envelope(&f, &p)).unwrap();
+        assert!(verify(&f, &ok).is_ok());
+        p["hold"] = json!("7d 1s");
+        let long = serde_json::to_vec(&envelope(&f, &p)).unwrap();
+        let rej = verify(&f, &long).map(|_| ()).unwrap_err();
+        assert_eq!(rej.reason, Reason::HoldTooLong);
+        assert_eq!(
+            rej.message,
+            "hold is 7days 1s; the policy allows at most 7days"
+        );
+        let f = fixture("max_hold = \"1h\"");
+        let mut p = payload();
+        p["hold"] = json!("2h");
+        let bytes = serde_json::to_vec(&envelope(&f, &p)).unwrap();
+        assert_eq!(reason(&f, &bytes), Reason::HoldTooLong);
+        // An absurd hold never reaches the comparison: the payload refuses it.
+        p["hold"] = json!("500000000years");
+        let bytes = serde_json::to_vec(&envelope(&f, &p)).unwrap();
+        assert_eq!(reason(&f, &bytes), Reason::BadPayload);
+    }
+
+    #[test]
+    fn hold_too_long_is_judged_only_after_signatures_verify() {
+        let f = fixture("");
+        let signed = payload();
+        let mut unsigned = signed.clone();
+        unsigned["hold"] = json!("31d");
+        let mut tampered = envelope(&f, &signed);
+        tampered.payload = STANDARD.encode(serde_json::to_vec(&unsigned).unwrap());
+        assert_eq!(
+            reason(&f, &serde_json::to_vec(&tampered).unwrap()),
+            Reason::BadSignature
+        );
+    }
+
+    #[test]
+    fn max_hold_and_max_ttl_must_be_sane() {
+        let err = Policy::from_toml("version = 1\nmax_ttl = \"30m\"\nmax_hold = \"0s\"\n", "p")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_hold"), "{err}");
+        let err = Policy::from_toml(
+            "version = 1\nmax_ttl = \"30m\"\nmax_hold = \"500000000years\"\n",
+            "p",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("500000000years"), "{err}");
+        let err = Policy::from_toml("version = 1\nmax_ttl = \"18446744073709551615s\"\n", "p")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_ttl"), "{err}");
     }
 }

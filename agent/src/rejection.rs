@@ -24,6 +24,8 @@ pub enum Reason {
     Expired,
     NotYetValid,
     TtlTooLong,
+    /// The command's `hold` is longer than the policy's `max_hold`.
+    HoldTooLong,
     Replay,
     NotTargeted,
     UnknownResource,
@@ -32,13 +34,14 @@ pub enum Reason {
     /// A fleet rollout stopped before this agent's wave: too many failures
     /// in earlier waves, or a signed `halt`. Nothing was applied.
     Halted,
-    /// The agent cannot write its state dir; nothing was changed.
+    /// The agent cannot write its state dir, so it cannot promise to
+    /// remember, revert or prove the change. Nothing was changed.
     StorageUnavailable,
 }
 
 impl Reason {
     /// Every reason, for docs, metrics and tests.
-    pub const ALL: [Reason; 19] = [
+    pub const ALL: [Reason; 20] = [
         Reason::BadEnvelope,
         Reason::BadPayload,
         Reason::TooLarge,
@@ -51,6 +54,7 @@ impl Reason {
         Reason::Expired,
         Reason::NotYetValid,
         Reason::TtlTooLong,
+        Reason::HoldTooLong,
         Reason::Replay,
         Reason::NotTargeted,
         Reason::UnknownResource,
@@ -75,6 +79,7 @@ impl Reason {
             Reason::Expired => "expired",
             Reason::NotYetValid => "not_yet_valid",
             Reason::TtlTooLong => "ttl_too_long",
+            Reason::HoldTooLong => "hold_too_long",
             Reason::Replay => "replay",
             Reason::NotTargeted => "not_targeted",
             Reason::UnknownResource => "unknown_resource",
@@ -83,6 +88,23 @@ impl Reason {
             Reason::Halted => "halted",
             Reason::StorageUnavailable => "storage_unavailable",
         }
+    }
+
+    /// Whether the reason is decided before any signature from a trusted
+    /// key has verified. Anyone can cause those, so such a refusal is
+    /// answered to its sender and counted, and costs the agent no receipt
+    /// file and no journal line.
+    pub fn before_trust(self) -> bool {
+        matches!(
+            self,
+            Reason::BadEnvelope
+                | Reason::TooLarge
+                | Reason::BadSignature
+                | Reason::UnknownSigner
+                | Reason::RevokedKey
+                | Reason::KeyNotValidNow
+                | Reason::PolicyExpired
+        )
     }
 
     /// The HTTP status `POST /v1/commands` answers with.
@@ -100,6 +122,7 @@ impl Reason {
             Reason::Expired
             | Reason::NotYetValid
             | Reason::TtlTooLong
+            | Reason::HoldTooLong
             | Reason::NotTargeted
             | Reason::InvalidAction => 422,
             Reason::PolicyExpired | Reason::StorageUnavailable => 503,
@@ -128,5 +151,32 @@ impl Rejection {
             reason,
             message: message.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Reason;
+
+    #[test]
+    fn every_reason_has_a_unique_code_that_round_trips() {
+        let mut seen = std::collections::HashSet::new();
+        for r in Reason::ALL {
+            assert!(seen.insert(r.code()), "duplicate code {}", r.code());
+            let json = serde_json::to_string(&r).unwrap();
+            assert_eq!(json, format!("\"{}\"", r.code()));
+            assert_eq!(serde_json::from_str::<Reason>(&json).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn new_reasons_have_their_statuses() {
+        assert_eq!(Reason::HoldTooLong.code(), "hold_too_long");
+        assert_eq!(Reason::HoldTooLong.http_status(), 422);
+        assert_eq!(Reason::StorageUnavailable.code(), "storage_unavailable");
+        assert_eq!(Reason::StorageUnavailable.http_status(), 503);
+        assert!(Reason::BadSignature.before_trust());
+        assert!(!Reason::HoldTooLong.before_trust());
+        assert!(!Reason::StorageUnavailable.before_trust());
     }
 }

@@ -37,7 +37,7 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-pub use fsutil::{replace_file, write_atomically};
+pub use fsutil::{replace_file, write_atomically, ManagedFile, ManagedFileError, SafeDir};
 
 /// One action of a command, as a provider sees it: an op and its parameters.
 /// The resource name has already been resolved to this provider instance.
@@ -302,7 +302,7 @@ impl ResourceConfig {
     /// Builds the runtime provider for this declaration.
     pub fn build(&self) -> Result<Box<dyn Provider>, ProviderError> {
         match self {
-            ResourceConfig::FlagsFile(c) => Ok(Box::new(flags_file::FlagsFile::new(c.clone()))),
+            ResourceConfig::FlagsFile(c) => Ok(Box::new(flags_file::FlagsFile::new(c.clone())?)),
             ResourceConfig::Nginx(c) => Ok(Box::new(nginx::Nginx::new((**c).clone())?)),
             ResourceConfig::Varnish(c) => Ok(Box::new(varnish::Varnish::new((**c).clone())?)),
             ResourceConfig::Fastly(c) => Ok(Box::new(fastly::Fastly::new((**c).clone()))),

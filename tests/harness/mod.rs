@@ -9,6 +9,7 @@ pub mod aws_fault_proxy;
 pub mod edge;
 pub mod metrics_service;
 pub mod nats;
+pub mod store;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -8,6 +8,7 @@ use serde::Deserialize;
 /// [resources.checkout-flags]
 /// kind = "flags-file"
 /// path = "/etc/checkout/flags.json"
+/// # follow_symlinks = false   # a symlink at `path` is refused
 /// ```
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -19,6 +20,15 @@ pub struct FlagsFileConfig {
     /// can restore it by hand. Default: `.<file name>.last-good` beside it.
     #[serde(default)]
     pub last_known_good: Option<PathBuf>,
+    /// Whether `path` may be a symlink. Default false: a symlink there is
+    /// refused at `--check` and at start, because anyone who can write its
+    /// directory could point it at any file the agent (root) would then
+    /// overwrite. With true, the link is resolved once, at start, and the
+    /// agent writes the file it points at (by atomic rename in that file's
+    /// directory); re-pointing the link takes a restart. The
+    /// last-known-good copy is never written through a link.
+    #[serde(default)]
+    pub follow_symlinks: bool,
 }
 
 impl FlagsFileConfig {

@@ -8,7 +8,6 @@
 
 mod config;
 
-use std::fs;
 use std::path::Path;
 
 use async_trait::async_trait;
@@ -18,7 +17,7 @@ use tokio::sync::Mutex;
 
 pub use config::FlagsFileConfig;
 
-use crate::{replace_file, write_atomically, ActionSpec, Provider, ProviderError, State};
+use crate::{replace_file, ActionSpec, ManagedFile, Provider, ProviderError, State};
 
 /// Params of `flag.set`.
 #[derive(Debug, Deserialize)]
@@ -56,6 +55,9 @@ impl FlagState {
 /// The runtime of one `flags-file` resource.
 pub struct FlagsFile {
     config: FlagsFileConfig,
+    /// The file written, checked at start: never a symlink unless the
+    /// config allows it, and then the link's target as it was at start.
+    file: ManagedFile,
     /// Serialises read-modify-write cycles on the file.
     lock: Mutex<()>,
 }
@@ -68,11 +70,15 @@ struct FlagFields {
 }
 
 impl FlagsFile {
-    pub fn new(config: FlagsFileConfig) -> Self {
-        FlagsFile {
+    /// Refuses a `path` that is a symlink unless `follow_symlinks` is set.
+    pub fn new(config: FlagsFileConfig) -> Result<Self, ProviderError> {
+        let file = ManagedFile::resolve(&config.path, config.follow_symlinks)
+            .map_err(|e| ProviderError::Invalid(e.to_string()))?;
+        Ok(FlagsFile {
             config,
+            file,
             lock: Mutex::new(()),
-        }
+        })
     }
 
     fn read(&self) -> Result<Value, ProviderError> {
@@ -81,8 +87,10 @@ impl FlagsFile {
 
     /// Reads and validates the file; returns its exact bytes too.
     fn read_with_bytes(&self) -> Result<(Vec<u8>, Value), ProviderError> {
-        let path = &self.config.path;
-        let bytes = fs::read(path)
+        let path = self.file.path();
+        let bytes = self
+            .file
+            .read()
             .map_err(|e| ProviderError::Failed(format!("reading {}: {e}", path.display())))?;
         let doc: Value = serde_json::from_slice(&bytes).map_err(|e| {
             ProviderError::Failed(format!("{} is not valid JSON: {e}", path.display()))
@@ -100,8 +108,9 @@ impl FlagsFile {
         validate_document(new).map_err(|e| {
             ProviderError::Failed(format!("refusing to write an invalid file: {e}"))
         })?;
-        let path = &self.config.path;
-        write_atomically(path, &to_pretty(new)?, 0o644)
+        let path = self.file.path();
+        self.file
+            .replace(&to_pretty(new)?, 0o644, true)
             .map_err(|e| ProviderError::Failed(format!("writing {}: {e}", path.display())))?;
         let back = self.read()?;
         if &back != new {
@@ -334,13 +343,14 @@ impl Provider for FlagsFile {
     }
 
     fn watched_path(&self) -> Option<&Path> {
-        Some(&self.config.path)
+        Some(self.file.path())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     fn spec(v: Value) -> ActionSpec {
         let mut params = v.as_object().cloned().unwrap_or_default();
@@ -361,7 +371,9 @@ mod tests {
         FlagsFile::new(FlagsFileConfig {
             path,
             last_known_good: None,
+            follow_symlinks: false,
         })
+        .unwrap()
     }
 
     #[tokio::test]
@@ -418,5 +430,36 @@ mod tests {
         assert!(validate_document(&bad)
             .unwrap_err()
             .contains("defaultVariant"));
+    }
+
+    #[tokio::test]
+    async fn a_symlinked_path_is_refused_unless_the_config_follows_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = provider(&dir).config.path;
+        let link = dir.path().join("current.json");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let config = |follow_symlinks| FlagsFileConfig {
+            path: link.clone(),
+            last_known_good: None,
+            follow_symlinks,
+        };
+        let err = FlagsFile::new(config(false)).err().unwrap().to_string();
+        assert!(err.contains("is a symlink"), "{err}");
+        assert!(err.contains("follow_symlinks = true"), "{err}");
+
+        let p = FlagsFile::new(config(true)).unwrap();
+        assert_eq!(
+            p.watched_path(),
+            Some(fs::canonicalize(&real).unwrap().as_path())
+        );
+        let a = spec(json!({"op":"flag.set","flag":"new_flow","variant":"off"}));
+        p.apply(&a).await.unwrap();
+        // The target changed; the link is still a link, pointing at it.
+        let doc: Value = serde_json::from_slice(&fs::read(&real).unwrap()).unwrap();
+        assert_eq!(doc["flags"]["new_flow"]["defaultVariant"], "off");
+        assert!(fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
     }
 }

@@ -24,6 +24,7 @@ use serde::Deserialize;
 /// [resources.edge-nginx]
 /// kind = "nginx"
 /// include = "/etc/nginx/tourniquet/hotfixes.conf"
+/// # follow_symlinks = false                # a symlink at `include` is refused
 /// conf = "/etc/nginx/nginx.conf"            # passed as `-c`
 /// # reload_command = ["systemctl", "reload", "nginx"]
 ///
@@ -41,6 +42,14 @@ use serde::Deserialize;
 pub struct NginxConfig {
     /// The managed include file.
     pub include: PathBuf,
+    /// Whether `include` may be a symlink. Default false: a symlink there
+    /// is refused at `--check` and at start, because anyone who can write
+    /// its directory could point it at any file the agent (root) would
+    /// then overwrite. With true, the link is resolved once, at start, and
+    /// the agent writes the file it points at (by atomic rename in that
+    /// file's directory); re-pointing the link takes a restart.
+    #[serde(default)]
+    pub follow_symlinks: bool,
     /// The nginx binary. Default: `nginx` on PATH.
     #[serde(default = "default_binary")]
     pub binary: PathBuf,

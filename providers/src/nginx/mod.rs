@@ -34,11 +34,14 @@ pub use config::{NginxConfig, NginxProbe, NginxVerifyConfig};
 pub use rules::{check_path, parse_cidr};
 use rules::{parse_include, BrownoutParams, DenyParams, Include, Rule, GENERATION_PATH};
 
-use crate::{write_atomically, ActionSpec, Provider, ProviderError, State};
+use crate::{ActionSpec, ManagedFile, Provider, ProviderError, State};
 
 /// The runtime of one `nginx` resource.
 pub struct Nginx {
     config: NginxConfig,
+    /// The include as written, checked at start: never a symlink unless
+    /// the config allows it, and then the link's target as it was at start.
+    include: ManagedFile,
     client: reqwest::Client,
     /// Serialises render-test-reload cycles.
     lock: Mutex<()>,
@@ -105,7 +108,11 @@ fn tail(out: &[u8]) -> String {
 }
 
 impl Nginx {
+    /// Refuses an `include` that is a symlink unless `follow_symlinks` is
+    /// set.
     pub fn new(config: NginxConfig) -> Result<Self, ProviderError> {
+        let include = ManagedFile::resolve(&config.include, config.follow_symlinks)
+            .map_err(|e| ProviderError::Invalid(e.to_string()))?;
         let client = reqwest::Client::builder()
             // Every check on a fresh connection: a kept-alive one may still
             // be served by an old worker after a reload.
@@ -116,6 +123,7 @@ impl Nginx {
             .map_err(|e| ProviderError::Failed(format!("building the HTTP client: {e}")))?;
         Ok(Nginx {
             config,
+            include,
             client,
             lock: Mutex::new(()),
         })
@@ -123,8 +131,8 @@ impl Nginx {
 
     /// The file's bytes (None if missing) and what they hold.
     fn read(&self) -> Result<(Option<Vec<u8>>, rules::Parsed), ProviderError> {
-        let path = &self.config.include;
-        let bytes = match fs::read(path) {
+        let path = self.include.path();
+        let bytes = match self.include.read() {
             Ok(b) => Some(b),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => {
@@ -172,13 +180,10 @@ impl Nginx {
 
     /// Puts back the previous bytes (or removes a file that did not exist).
     fn restore(&self, old: &Option<Vec<u8>>) -> Result<(), String> {
-        let path = &self.config.include;
+        let path = self.include.path();
         match old {
-            Some(bytes) => write_atomically(path, bytes, 0o644),
-            None => match fs::remove_file(path) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-                _ => Ok(()),
-            },
+            Some(bytes) => self.include.replace(bytes, 0o644, true),
+            None => self.include.remove(),
         }
         .map_err(|e| format!("restoring {}: {e}", path.display()))
     }
@@ -207,8 +212,9 @@ impl Nginx {
     ) -> Result<(), ProviderError> {
         include.generation = new_generation();
         let text = include.render();
-        let path = &self.config.include;
-        write_atomically(path, text.as_bytes(), 0o644)
+        let path = self.include.path();
+        self.include
+            .replace(text.as_bytes(), 0o644, true)
             .map_err(|e| ProviderError::Failed(format!("writing {}: {e}", path.display())))?;
         if let Err(e) = self.run("nginx -t", &self.config.test_argv()).await {
             // nginx never saw the new file: putting the old one back is all.
@@ -402,7 +408,7 @@ impl Provider for Nginx {
     }
 
     fn watched_path(&self) -> Option<&std::path::Path> {
-        Some(&self.config.include)
+        Some(self.include.path())
     }
 }
 
@@ -423,6 +429,7 @@ mod tests {
     fn provider(dir: &tempfile::TempDir, test: &str) -> Nginx {
         Nginx::new(NginxConfig {
             include: dir.path().join("hotfixes.conf"),
+            follow_symlinks: false,
             binary: "nginx".into(),
             conf: None,
             prefix: None,

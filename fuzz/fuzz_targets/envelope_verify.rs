@@ -1,0 +1,34 @@
+//! A command envelope as the HTTP API, the inbox and the fleet transport
+//! receive it: `Policy::verify_envelope` must refuse anything it cannot
+//! trust with a reason, and never panic.
+//!
+//! A signature whose `sig` is `"sign-me"` is signed for real by the
+//! fuzzing key first (see `tourniquet_fuzz::resign`), so the fuzzer also
+//! drives the payload, time and permission checks behind the signature.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let fx = tourniquet_fuzz::fixture();
+    let resigned = tourniquet_fuzz::resign(&fx.signer, data);
+    let bytes = resigned.as_deref().unwrap_or(data);
+    let Ok(cmd) = fx.policy.verify_envelope(bytes, fx.now) else {
+        return;
+    };
+    assert!(
+        !cmd.signers.is_empty(),
+        "a verified command has a trusted signer"
+    );
+    assert!(
+        cmd.payload.check().is_ok(),
+        "a verified payload passes its own checks"
+    );
+    for action in &cmd.payload.actions {
+        let resource = action.resource.as_deref().unwrap_or("-");
+        let _ = fx.policy.authorize(&action.op, resource, &cmd.signers);
+        let _ = action.describe();
+        let _ = action.revert_target();
+        let _ = action.halt_target();
+    }
+});
