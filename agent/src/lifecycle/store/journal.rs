@@ -17,7 +17,8 @@ use serde_json::value::RawValue;
 use crate::audit::AuditHead;
 use crate::lifecycle::id::RecordId;
 use crate::payload::Timestamp;
-use crate::record::CommandRecord;
+use crate::record::{ActionRecord, CommandRecord, DriftEvent, State, Transition};
+use crate::telemetry::TelemetryReport;
 
 /// One journal line, as read back.
 #[derive(Debug)]
@@ -27,8 +28,8 @@ pub enum Line {
         rec: Box<CommandRecord>,
         envelope: String,
     },
-    /// A record's new state (records never serialise their envelope).
-    Step { rec: Box<CommandRecord> },
+    /// A record's new state: only what a step can change.
+    Step { delta: Box<Delta> },
     /// A record settled: its new state and the receipt signed for it.
     Settle {
         name: String,
@@ -49,6 +50,8 @@ struct WireLine {
     t: String,
     #[serde(default)]
     rec: Option<Box<CommandRecord>>,
+    #[serde(default)]
+    delta: Option<Box<Delta>>,
     #[serde(default)]
     envelope: Option<String>,
     #[serde(default)]
@@ -83,7 +86,7 @@ impl Line {
                 envelope: w.envelope.ok_or_else(incomplete)?,
             },
             "step" => Line::Step {
-                rec: w.rec.ok_or_else(incomplete)?,
+                delta: w.delta.ok_or_else(incomplete)?,
             },
             "settle" => Line::Settle {
                 name: w.name.ok_or_else(incomplete)?,
@@ -111,7 +114,7 @@ pub enum LineRef<'a> {
         envelope: &'a str,
     },
     Step {
-        rec: &'a CommandRecord,
+        delta: DeltaRef<'a>,
     },
     Settle {
         name: &'a str,
@@ -125,6 +128,91 @@ pub enum LineRef<'a> {
     Head {
         head: &'a AuditHead,
     },
+}
+
+/// What a step can change in a record: everything but the envelope, the
+/// payload, the signers and the guard, which are fixed once it verified,
+/// and the timeline's past, to which a step only adds.
+#[derive(Debug, Serialize)]
+pub struct DeltaRef<'a> {
+    pub id: RecordId,
+    pub state: State,
+    pub transition: Option<&'a Transition>,
+    pub actions: &'a [ActionRecord],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub telemetry: Option<&'a TelemetryReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hold_until: Option<Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub related: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[DriftEvent]>::is_empty")]
+    pub drifts: &'a [DriftEvent],
+    pub receipts: &'a [String],
+}
+
+impl<'a> DeltaRef<'a> {
+    pub fn of(rec: &'a CommandRecord) -> DeltaRef<'a> {
+        DeltaRef {
+            id: rec.id,
+            state: rec.state,
+            transition: rec.timeline.last(),
+            actions: &rec.actions,
+            telemetry: rec.telemetry.as_ref(),
+            hold_until: rec.hold_until,
+            message: rec.message.as_deref(),
+            related: rec.related.as_deref(),
+            drifts: &rec.drifts,
+            receipts: &rec.receipts,
+        }
+    }
+}
+
+/// A step, as read back.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Delta {
+    pub id: RecordId,
+    pub state: State,
+    #[serde(default)]
+    pub transition: Option<Transition>,
+    #[serde(default)]
+    pub actions: Vec<ActionRecord>,
+    #[serde(default)]
+    pub telemetry: Option<TelemetryReport>,
+    #[serde(default)]
+    pub hold_until: Option<Timestamp>,
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub related: Option<String>,
+    #[serde(default)]
+    pub drifts: Vec<DriftEvent>,
+    #[serde(default)]
+    pub receipts: Vec<String>,
+}
+
+impl Delta {
+    fn apply(self, rec: &mut CommandRecord) {
+        rec.state = self.state;
+        if let Some(t) = self.transition {
+            let dup = rec
+                .timeline
+                .last()
+                .is_some_and(|l| l.state == t.state && l.at == t.at);
+            if !dup {
+                rec.timeline.push(t);
+            }
+        }
+        rec.actions = self.actions;
+        rec.telemetry = self.telemetry;
+        rec.hold_until = self.hold_until;
+        rec.message = self.message;
+        rec.related = self.related;
+        rec.drifts = self.drifts;
+        rec.receipts = self.receipts;
+    }
 }
 
 /// What folding a journal found.
@@ -179,12 +267,10 @@ pub fn fold(bytes: &[u8]) -> Folded {
                 }
                 out.live.insert(rec.id, rec);
             }
-            Line::Step { rec } => {
-                let mut rec = *rec;
-                if let Some(old) = out.live.get(&rec.id) {
-                    rec.envelope = old.envelope.clone();
+            Line::Step { delta } => {
+                if let Some(rec) = out.live.get_mut(&delta.id) {
+                    delta.apply(rec);
                 }
-                out.live.insert(rec.id, rec);
             }
             Line::Settle { name, rec, receipt } => {
                 let mut rec = *rec;

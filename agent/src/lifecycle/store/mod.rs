@@ -451,7 +451,12 @@ impl Store {
         let mut inner = self.lock();
         let journaled = inner.live.contains_key(&rec.id);
         if journaled {
-            self.append_line(&mut inner, &LineRef::Step { rec })?;
+            self.append_line(
+                &mut inner,
+                &LineRef::Step {
+                    delta: journal::DeltaRef::of(rec),
+                },
+            )?;
             inner.live.insert(rec.id, rec.clone());
         }
         let command = rec.id.command().map(|u| u.to_string());
@@ -522,7 +527,12 @@ impl Store {
     pub fn write_record(&self, rec: &CommandRecord) -> Result<(), StoreError> {
         let mut inner = self.lock();
         if inner.live.contains_key(&rec.id) {
-            self.append_line(&mut inner, &LineRef::Step { rec })?;
+            self.append_line(
+                &mut inner,
+                &LineRef::Step {
+                    delta: journal::DeltaRef::of(rec),
+                },
+            )?;
             inner.live.insert(rec.id, rec.clone());
         }
         Ok(())
