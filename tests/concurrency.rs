@@ -10,7 +10,8 @@
 //! agent never mistakes its own writes for drift.
 //!
 //! Three rounds. After each: nothing in force, the flag at its original
-//! value, the drift counter unmoved, every command settled with a receipt.
+//! value, the drift counter unmoved, every command settled with a receipt
+//! and with the original value as its before-state.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -188,6 +189,13 @@ fn fifty_responders_on_one_flag_leave_it_where_it_was_and_cause_no_drift() {
                 rec["receipt"].is_object()
                     && rec["receipts"].as_array().is_some_and(|r| !r.is_empty()),
                 "round {round}: client {i}: {id} ({state}) has no receipt: {rec:#}"
+            );
+            // Each took over from an older one in force or found the flag
+            // untouched: either way its before-state is the original.
+            assert_eq!(
+                rec["actions"][0]["before"]["defaultVariant"],
+                "on",
+                "round {round}: client {i}: {id} captured a before-state that is not the original: {rec:#}"
             );
             *states.entry(state).or_default() += 1;
         }

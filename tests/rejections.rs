@@ -1,5 +1,9 @@
 //! Bad input gets a clear error and changes nothing: one hostile command per
 //! rejection reason, sent to the real agent over HTTP.
+//!
+//! A refusal decided before any trusted signature verifies (anyone can send
+//! those) is answered to its sender and costs the agent no receipt; one
+//! decided after costs a signed rejection receipt and an audit entry.
 
 use base64::Engine;
 use serde_json::{json, Value};
@@ -24,6 +28,45 @@ struct Case {
     body: Vec<u8>,
     status: u16,
     reason: &'static str,
+    /// A phrase the human sentence must contain, where the exact cause
+    /// matters (which field, which byte).
+    says: Option<&'static str>,
+}
+
+/// The envelope JSON of `body`, edited.
+fn edit_envelope(body: &[u8], edit: impl FnOnce(&mut Value)) -> Vec<u8> {
+    let mut e: Value = serde_json::from_slice(body).unwrap();
+    edit(&mut e);
+    serde_json::to_vec(&e).unwrap()
+}
+
+/// `body` with its first signature's binary SSHSIG blob edited.
+fn edit_sshsig(body: &[u8], edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    edit_envelope(body, |e| {
+        let mut blob =
+            tourniquet::envelope::decode_base64(e["signatures"][0]["sig"].as_str().unwrap())
+                .unwrap();
+        edit(&mut blob);
+        e["signatures"][0]["sig"] = json!(base64::engine::general_purpose::STANDARD.encode(blob));
+    })
+}
+
+/// Relabels the signature inside an SSHSIG blob as `rsa-sha2-512`, keeping
+/// its ed25519 bytes: the label is the second `ssh-ed25519` in the blob (the
+/// first names the public key), inside the length-prefixed signature field.
+fn relabel_rsa(blob: &mut Vec<u8>) {
+    let label = b"ssh-ed25519";
+    let at = blob
+        .windows(label.len())
+        .enumerate()
+        .filter(|(_, w)| w == label)
+        .map(|(i, _)| i)
+        .nth(1)
+        .expect("a signature label");
+    let field = u32::from_be_bytes(blob[at - 8..at - 4].try_into().unwrap());
+    blob[at - 8..at - 4].copy_from_slice(&(field + 1).to_be_bytes());
+    blob[at - 4..at].copy_from_slice(&12u32.to_be_bytes());
+    blob.splice(at..at + label.len(), b"rsa-sha2-512".iter().copied());
 }
 
 /// A policy with extra keys for the key-state cases.
@@ -64,15 +107,19 @@ roles = ["sre"]
 fn cases(env: &Env, agent: &Agent) -> Vec<Case> {
     let alice = env.key("alice");
     let good = |actions: Value| sign(&payload(actions), &[alice]);
-    let mut out = Vec::new();
-    let mut case = |name, body: Vec<u8>, status, reason| {
-        out.push(Case {
+    // Accepted once (a dry run), for the replay and revert cases.
+    let (accepted_body, accepted_id) = agent_replay_body(env, agent);
+    let out = std::cell::RefCell::new(Vec::new());
+    let said = |name, body: Vec<u8>, status, reason, says| {
+        out.borrow_mut().push(Case {
             name,
             body,
             status,
             reason,
+            says,
         })
     };
+    let case = |name, body: Vec<u8>, status, reason| said(name, body, status, reason, None);
 
     // bad_envelope
     case(
@@ -97,6 +144,19 @@ fn cases(env: &Env, agent: &Agent) -> Vec<Case> {
             let mut e: Value = serde_json::from_slice(&good(set_new_flow("off"))).unwrap();
             e["extra"] = json!(1);
             serde_json::to_vec(&e).unwrap()
+        },
+        400,
+        "bad_envelope",
+    );
+    case(
+        "a 0xFF byte inside the envelope JSON",
+        {
+            // In the keyid, a hint nothing checks: a lossy copy would verify.
+            let body = good(set_new_flow("off"));
+            let at = body.windows(7).position(|w| w == b"SHA256:").unwrap();
+            let mut bad = body.clone();
+            bad.insert(at, 0xFF);
+            bad
         },
         400,
         "bad_envelope",
@@ -140,6 +200,65 @@ fn cases(env: &Env, agent: &Agent) -> Vec<Case> {
         400,
         "bad_payload",
     );
+    case(
+        "the accepted command's id in lower case, with a new body",
+        {
+            let mut p = payload(set_new_flow("on"));
+            p["id"] = json!(accepted_id.to_lowercase());
+            sign(&p, &[alice])
+        },
+        400,
+        "bad_payload",
+    );
+    case(
+        "a revert with an extra resource field",
+        good(json!([{"op":"revert","command": accepted_id,"resource":"checkout-flags"}])),
+        400,
+        "bad_payload",
+    );
+    for (name, hold) in [
+        ("a 500000000years hold", "500000000years"),
+        ("an 18446744073709551615s hold", "18446744073709551615s"),
+    ] {
+        let mut p = payload(set_new_flow("off"));
+        p["hold"] = json!(hold);
+        case(name, sign(&p, &[alice]), 400, "bad_payload");
+    }
+    let mut p = payload(set_new_flow("off"));
+    p["guard"] = json!({"probes": ["svc"], "bake": "18446744073709551615s"});
+    case(
+        "an overflowing bake",
+        sign(&p, &[alice]),
+        400,
+        "bad_payload",
+    );
+    let mut p = payload(set_new_flow("off"));
+    p["guard"] = json!({"probes": ["svc"], "bake": "2h"});
+    said(
+        "a bake over an hour",
+        sign(&p, &[alice]),
+        400,
+        "bad_payload",
+        Some("guard.bake is 2h; at most 1h is allowed"),
+    );
+    let mut p = payload(set_new_flow("off"));
+    p["reason"] = json!("INC-1: checkout \u{202E}sdrawkcab");
+    said(
+        "a right-to-left override in reason",
+        sign(&p, &[alice]),
+        400,
+        "bad_payload",
+        Some("reason contains U+202E (right-to-left override)"),
+    );
+    let mut p = payload(set_new_flow("off"));
+    p["reason"] = json!("INC-1: check\u{200B}out");
+    said(
+        "a zero-width space in reason",
+        sign(&p, &[alice]),
+        400,
+        "bad_payload",
+        Some("reason contains U+200B (zero width space)"),
+    );
 
     // too_large
     case(
@@ -180,6 +299,22 @@ fn cases(env: &Env, agent: &Agent) -> Vec<Case> {
         },
         401,
         "bad_signature",
+    );
+    said(
+        "16 trailing bytes after the SSHSIG blob",
+        edit_sshsig(&good(set_new_flow("off")), |b| {
+            b.extend_from_slice(&[0; 16])
+        }),
+        401,
+        "bad_signature",
+        Some("16 byte(s) after its signature"),
+    );
+    said(
+        "an rsa-sha2-512 label over ed25519 signature bytes",
+        edit_sshsig(&good(set_new_flow("off")), relabel_rsa),
+        401,
+        "bad_signature",
+        Some("rsa-sha2-512"),
     );
     case(
         "signature for another namespace",
@@ -280,9 +415,18 @@ fn cases(env: &Env, agent: &Agent) -> Vec<Case> {
         422,
         "ttl_too_long",
     );
+    let mut p = payload(set_new_flow("off"));
+    p["hold"] = json!("8d");
+    said(
+        "a hold over the policy's max_hold (7d by default)",
+        sign(&p, &[alice]),
+        422,
+        "hold_too_long",
+        Some("hold is 8days; the policy allows at most 7days"),
+    );
 
-    // replay: accepted once (sent in the test before the table), then refused.
-    case("replay", agent_replay_body(env, agent), 409, "replay");
+    // replay: accepted once (sent before the table), then refused.
+    case("replay", accepted_body, 409, "replay");
 
     // targeting and resources
     let mut p = payload(set_new_flow("off"));
@@ -327,6 +471,15 @@ fn cases(env: &Env, agent: &Agent) -> Vec<Case> {
         422,
         "invalid_action",
     );
+    said(
+        "an unknown provider param, named",
+        good(
+            json!([{"resource":"checkout-flags","op":"flag.set","flag":"new_flow","variant":"off","colour":"red"}]),
+        ),
+        422,
+        "invalid_action",
+        Some("flag.set: unknown param \"colour\"; expected flag, variant"),
+    );
     case(
         "unknown action parameter",
         good(
@@ -341,12 +494,12 @@ fn cases(env: &Env, agent: &Agent) -> Vec<Case> {
         422,
         "invalid_action",
     );
-    out
+    out.into_inner()
 }
 
-/// Sends a good dry-run command once (accepted), and returns its bytes for
-/// the replay case.
-fn agent_replay_body(env: &Env, agent: &Agent) -> Vec<u8> {
+/// Sends a good dry-run command once (accepted), and returns its bytes and
+/// id for the replay cases.
+fn agent_replay_body(env: &Env, agent: &Agent) -> (Vec<u8>, String) {
     let mut p = payload(set_new_flow("off"));
     p["dry_run"] = json!(true);
     let body = sign(&p, &[env.key("alice")]);
@@ -355,8 +508,84 @@ fn agent_replay_body(env: &Env, agent: &Agent) -> Vec<u8> {
         status, 202,
         "the original of the replay case must be accepted: {v}"
     );
-    wait_settled(agent, v["id"].as_str().unwrap());
-    body
+    let id = v["id"].as_str().unwrap().to_string();
+    wait_settled(agent, &id);
+    (body, id)
+}
+
+fn receipt_files(env: &Env) -> usize {
+    std::fs::read_dir(env.path("state/receipts"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Checks one row's answer; returns what is wrong, if anything.
+fn check_case(env: &Env, agent: &Agent, c: &Case) -> Result<(), String> {
+    let reason = tourniquet::rejection::Reason::ALL
+        .into_iter()
+        .find(|r| r.code() == c.reason)
+        .ok_or_else(|| format!("{} is not a reason code", c.reason))?;
+    let receipts_before = receipt_files(env);
+    let flags_before = env.flags_bytes();
+    let (status, body) = post_command(agent, &c.body);
+    let fail = |what: String| Err(format!("{}: {what} (body {body})", c.name));
+    if (status, body["reason"].as_str()) != (c.status, Some(c.reason)) {
+        return fail(format!(
+            "expected {} {}, got {status} {}",
+            c.status, c.reason, body["reason"]
+        ));
+    }
+    let message = body["message"].as_str().unwrap_or_default();
+    if message.is_empty() {
+        return fail("a human sentence is required".into());
+    }
+    if let Some(says) = c.says {
+        if !message.contains(says) {
+            return fail(format!("the message must say {says:?}"));
+        }
+    }
+    if env.flags_bytes() != flags_before {
+        return fail("the flags file must be byte-identical".into());
+    }
+    if http_get_status(&format!("{}/healthz", agent.url)) != Some(200) {
+        return fail("the agent must still answer /healthz with 200".into());
+    }
+    if reason.before_trust() {
+        // Nothing a stranger sends may cost the agent a receipt.
+        if !body["receipt"].is_null() {
+            return fail("a refusal before trust must carry no receipt".into());
+        }
+        if receipt_files(env) != receipts_before {
+            return fail("a refusal before trust must store no receipt file".into());
+        }
+        return Ok(());
+    }
+    // A signed rejection receipt comes back and is stored.
+    let receipt = &body["receipt"];
+    if receipt["payloadType"] != "application/vnd.tourniquet.receipt.v1+json" {
+        return fail("a signed rejection receipt is required".into());
+    }
+    let receipt_payload: Value = serde_json::from_slice(
+        &tourniquet::envelope::decode_base64(receipt["payload"].as_str().unwrap_or_default())
+            .unwrap_or_default(),
+    )
+    .unwrap_or_default();
+    if receipt_payload["reason_code"] != c.reason || receipt_payload["decision"] != "rejected" {
+        return fail(format!("receipt says {receipt_payload}"));
+    }
+    if receipt_files(env) <= receipts_before {
+        return fail("the receipt must be stored".into());
+    }
+    // An audit entry names the envelope by its hash.
+    let sha = sha256_hex(&c.body);
+    if !env
+        .audit_entries()
+        .iter()
+        .any(|e| e["event"] == "rejected" && e["envelope_sha256"] == sha.as_str())
+    {
+        return fail("no audit entry for the rejection".into());
+    }
+    Ok(())
 }
 
 #[test]
@@ -366,65 +595,37 @@ fn every_rejection_reason_changes_nothing_and_leaves_a_receipt() {
     let cases = cases(&env, &agent);
     let flags_before = env.flags_bytes();
     let mut covered = std::collections::BTreeSet::new();
-    for c in &cases {
-        let (status, body) = post_command(&agent, &c.body);
-        assert_eq!(status, c.status, "{}: status (body {body})", c.name);
-        assert_eq!(body["reason"], c.reason, "{}: reason (body {body})", c.name);
-        assert!(
-            body["message"].as_str().is_some_and(|m| !m.is_empty()),
-            "{}: a human sentence is required",
-            c.name
-        );
-        assert_eq!(
-            env.flags_bytes(),
-            flags_before,
-            "{}: the flags file must be byte-identical",
-            c.name
-        );
-        // A signed rejection receipt comes back and is stored.
-        let receipt = &body["receipt"];
-        assert_eq!(
-            receipt["payloadType"], "application/vnd.tourniquet.receipt.v1+json",
-            "{}: receipt",
-            c.name
-        );
-        let receipt_payload: Value = serde_json::from_slice(
-            &tourniquet::envelope::decode_base64(receipt["payload"].as_str().unwrap()).unwrap(),
-        )
-        .unwrap();
-        assert_eq!(receipt_payload["reason_code"], c.reason, "{}", c.name);
-        assert_eq!(receipt_payload["decision"], "rejected", "{}", c.name);
-        // An audit entry names the envelope by its hash.
-        let sha = if c.body.len() > 64 * 1024 {
-            sha256_hex(&c.body[..64 * 1024 + 1])
-        } else {
-            sha256_hex(&c.body)
-        };
-        let entries = env.audit_entries();
-        assert!(
-            entries
-                .iter()
-                .any(|e| e["event"] == "rejected" && e["envelope_sha256"] == sha.as_str()),
-            "{}: no audit entry for the rejection",
-            c.name
-        );
-        covered.insert(c.reason);
-    }
+    // Every row runs; the failures are reported together.
+    let failures: Vec<String> = cases
+        .iter()
+        .filter_map(|c| {
+            covered.insert(c.reason);
+            check_case(&env, &agent, c).err()
+        })
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} rows failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+    assert_eq!(
+        env.flags_bytes(),
+        flags_before,
+        "the flags file must be byte-identical after the whole table"
+    );
     // Every reason but policy_expired (its own test: it needs an expired
-    // policy) and halted (a fleet rollout's; tests/fleet.rs covers it).
+    // policy), halted (a fleet rollout's; tests/fleet.rs covers it) and
+    // storage_unavailable (a state dir that cannot be written; tests/storage.rs).
     for r in tourniquet::rejection::Reason::ALL {
-        if !matches!(r.code(), "policy_expired" | "halted") {
+        if !matches!(
+            r.code(),
+            "policy_expired" | "halted" | "storage_unavailable"
+        ) {
             assert!(covered.contains(r.code()), "no hostile case for {r}");
         }
     }
-    let stored = std::fs::read_dir(env.path("state/receipts"))
-        .unwrap()
-        .count();
-    assert!(
-        stored >= cases.len(),
-        "{stored} receipts stored for {} rejections",
-        cases.len()
-    );
     let (code, out, err) = env.cli(&["audit", "verify", "--state", "state"]);
     assert_eq!(code, 0, "audit chain must verify: {out}{err}");
 }

@@ -32,10 +32,37 @@ fn flip(env: &Env, variant: &str) -> Vec<u8> {
     sign(&payload(set_new_flow(variant)), &[env.key("alice")])
 }
 
-/// A valid flip while the state dir cannot be written: refused with
-/// `storage_unavailable`, the flags file untouched, `/healthz` 503.
-fn assert_refused_and_unhealthy(env: &Env, agent: &Agent, what: &str) {
+/// While the state dir cannot be written: `/healthz` answers 503 with the
+/// reason, and a valid flip is refused with `storage_unavailable` and
+/// changes nothing.
+///
+/// The agent must notice on its own: `/healthz` is 503 *while* the dir
+/// cannot be written, not only after a command failed. Waiting for that
+/// before sending the flip also keeps the refusal deterministic: on a full
+/// filesystem an append can still fit in the unused tail of a file's last
+/// page, so whether a first write fails would otherwise depend on sizes.
+fn assert_unhealthy_and_refused(env: &Env, agent: &Agent, what: &str) {
     let before = env.flags_bytes();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let health = loop {
+        let (s, v) = healthz(agent);
+        if s == 503 {
+            break v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: /healthz still answers {s} {v} 30s after the state dir became unwritable; \
+             the agent must notice by itself"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(health["status"], "unavailable", "{what}: {health}");
+    assert_eq!(health["reason"], "storage_unavailable", "{what}: {health}");
+    assert!(
+        health["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{what}: /healthz says why: {health}"
+    );
+
     let (status, body) = post_command(agent, &flip(env, "off"));
     assert_eq!(
         (status, body["reason"].as_str()),
@@ -56,23 +83,8 @@ fn assert_refused_and_unhealthy(env: &Env, agent: &Agent, what: &str) {
         Some(Vec::new()),
         "{what}: nothing may be in force"
     );
-    let (status, health) = wait_for(
-        &format!("{what}: /healthz to answer 503"),
-        Duration::from_secs(10),
-        || {
-            let (s, v) = healthz(agent);
-            (s == 503).then_some((s, v))
-        },
-    );
-    assert_eq!(status, 503);
-    assert_eq!(health["status"], "unavailable", "{what}: {health}");
-    assert_eq!(health["reason"], "storage_unavailable", "{what}: {health}");
-    assert!(
-        health["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "{what}: /healthz says why: {health}"
-    );
-    // Still refused, still nothing changed.
-    assert_eq!(env.flags_bytes(), before, "{what}: the flags file changed");
+    let (status, health) = healthz(agent);
+    assert_eq!(status, 503, "{what}: still unavailable: {health}");
 }
 
 /// Once the dir is writable again: `/healthz` 200 by itself, and a flip
@@ -102,12 +114,17 @@ fn a_full_state_dir_refuses_commands_and_recovers_by_itself() {
     let tmpfs = Tmpfs::mount(&env.path("state"), "1m");
     let agent = env.start();
     let filler = fill(tmpfs.path(), "filler");
-    assert_refused_and_unhealthy(&env, &agent, "full state dir");
+    assert_unhealthy_and_refused(&env, &agent, "full state dir");
     std::fs::remove_file(&filler).expect("remove the filler");
     assert_recovers(&env, &agent, "after freeing space");
     drop(agent);
 }
 
+/// Linux refuses to remount a filesystem read-only (`EBUSY`) while any
+/// process holds a file on it open for writing, so the agent must not keep
+/// state files open for writing between writes (its lock can be held
+/// through a read-only descriptor). The test retries for 10 s, then fails
+/// naming the files the agent holds open.
 #[test]
 fn a_read_only_state_dir_refuses_commands_and_recovers_by_itself() {
     let env = Env::new();
@@ -120,7 +137,7 @@ fn a_read_only_state_dir_refuses_commands_and_recovers_by_itself() {
              on it open for writing, and the agent holds these open in its state dir: {open:?}"
         );
     }
-    assert_refused_and_unhealthy(&env, &agent, "read-only state dir");
+    assert_unhealthy_and_refused(&env, &agent, "read-only state dir");
     tmpfs.remount_rw();
     assert_recovers(&env, &agent, "after remounting read-write");
     drop(agent);
@@ -243,16 +260,17 @@ fn a_torn_last_audit_line_is_repaired_at_start_and_recorded() {
         f.write_all(half).expect("append half a line");
     }
 
+    // The repair happens at start, before the agent answers.
     let mut agent = env.start();
-    let entry = wait_for(
-        "a torn_tail_repaired audit entry",
-        Duration::from_secs(10),
-        || {
-            all_audit_entries(&env.path("state"))
-                .into_iter()
-                .find(|e| e["event"] == "torn_tail_repaired")
-        },
-    );
+    let entries = all_audit_entries(&env.path("state"));
+    let Some(entry) = entries
+        .iter()
+        .find(|e| e["event"] == "torn_tail_repaired")
+        .cloned()
+    else {
+        let events: Vec<&Value> = entries.iter().rev().take(5).map(|e| &e["event"]).collect();
+        panic!("no torn_tail_repaired audit entry after a start on a torn line; the last events, newest first: {events:?}");
+    };
     // The chain continues: a command after the repair is recorded too.
     let (status, body) = post_command(&agent, &flip(&env, "on"));
     assert_eq!(status, 202, "{body}");

@@ -79,14 +79,22 @@ fn ssh_keygen_sign(key_file: &Path, namespace: &str, message: &[u8], work: &Path
 }
 
 fn main() {
-    let out = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "fuzz/corpus".into()));
+    let out = PathBuf::from(
+        std::env::args()
+            .nth(1)
+            .unwrap_or_else(|| "fuzz/corpus".into()),
+    );
     let fx = fixture();
     let work = tempfile::tempdir().expect("a temp dir");
 
     // payload_parse: the payloads themselves; policy_toml: the policy that
     // trusts the fuzzing key, so the policy target reaches verification.
     for (name, payload) in payloads() {
-        write(&out.join("payload_parse"), &format!("{name}.json"), payload.as_bytes());
+        write(
+            &out.join("payload_parse"),
+            &format!("{name}.json"),
+            payload.as_bytes(),
+        );
     }
     write(
         &out.join("policy_toml"),
@@ -135,7 +143,9 @@ fn main() {
     let key = tourniquet_fuzz::operator_key();
     fs::write(
         &key_file,
-        key.to_openssh(LineEnding::LF).expect("the key encodes").as_bytes(),
+        key.to_openssh(LineEnding::LF)
+            .expect("the key encodes")
+            .as_bytes(),
     )
     .expect("writing the key");
     let mut perms = fs::metadata(&key_file).expect("key metadata").permissions();
@@ -160,7 +170,9 @@ fn main() {
         "the ssh-keygen envelope verifies"
     );
     assert!(
-        fx.policy.verify_envelope(&json_bytes(&good), fx.now).is_ok(),
+        fx.policy
+            .verify_envelope(&json_bytes(&good), fx.now)
+            .is_ok(),
         "the signed envelope verifies"
     );
 

@@ -36,7 +36,8 @@ fuzz_target!(|data: &[u8]| {
     };
 
     static N: AtomicU64 = AtomicU64::new(0);
-    let dir = tourniquet_fuzz::scratch_dir().join(format!("f{}", N.fetch_add(1, Ordering::Relaxed)));
+    let dir =
+        tourniquet_fuzz::scratch_dir().join(format!("f{}", N.fetch_add(1, Ordering::Relaxed)));
     std::fs::create_dir(&dir).expect("a scratch dir");
     let path = dir.join("flags.json");
     std::fs::write(&path, data).expect("writing the flags file");

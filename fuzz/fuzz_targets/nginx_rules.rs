@@ -49,7 +49,11 @@ fuzz_target!(|data: &[u8]| {
             };
             for line in text.split('\n') {
                 if let Ok(cidr) = parse_cidr(line) {
-                    assert_eq!(parse_cidr(&cidr).as_ref(), Ok(&cidr), "{line:?} is canonical");
+                    assert_eq!(
+                        parse_cidr(&cidr).as_ref(),
+                        Ok(&cidr),
+                        "{line:?} is canonical"
+                    );
                     assert!(
                         cidr.bytes()
                             .all(|b| b.is_ascii_hexdigit() || matches!(b, b'.' | b':' | b'/')),
@@ -68,7 +72,11 @@ fuzz_target!(|data: &[u8]| {
             let Ok(Value::Object(params)) = serde_json::from_slice::<Value>(rest) else {
                 return;
             };
-            let op = if op == 1 { "nginx.deny" } else { "nginx.brownout" };
+            let op = if op == 1 {
+                "nginx.deny"
+            } else {
+                "nginx.brownout"
+            };
             let a = action(op, params);
             let p = provider();
             let valid = p.validate(&a).is_ok();

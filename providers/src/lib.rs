@@ -49,10 +49,40 @@ pub struct ActionSpec {
     pub params: Map<String, Value>,
 }
 
+/// An op's parameter struct, with the names of the params it takes written
+/// once beside it. Every provider parses params through
+/// [`ActionSpec::parse_params`], so an unknown param is refused the same
+/// way, by name, whichever provider owns the op: a field a provider would
+/// silently ignore is room for a signed command to mean more than its
+/// signers read.
+pub trait OpParams: for<'de> Deserialize<'de> {
+    /// Every param the op takes (the struct's fields, as spelled in JSON).
+    const FIELDS: &'static [&'static str];
+}
+
 impl ActionSpec {
-    /// Parses the params into an op's strict parameter struct. Unknown or
-    /// missing fields are `Invalid` errors that name the op.
-    pub fn parse_params<T: for<'de> Deserialize<'de>>(&self) -> Result<T, ProviderError> {
+    /// Refuses any param not in `known`, naming it and what is expected:
+    /// `flag.set: unknown param "colour"; expected flag, variant`.
+    pub fn expect_only(&self, known: &[&str]) -> Result<(), ProviderError> {
+        match self.params.keys().find(|k| !known.contains(&k.as_str())) {
+            None => Ok(()),
+            Some(k) => Err(ProviderError::Invalid(format!(
+                "{}: unknown param {k:?}; expected {}",
+                self.op,
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ))),
+        }
+    }
+
+    /// Parses the params into an op's strict parameter struct. Unknown
+    /// params (see [`ActionSpec::expect_only`]), missing or mistyped ones
+    /// are `Invalid` errors that name the op.
+    pub fn parse_params<T: OpParams>(&self) -> Result<T, ProviderError> {
+        self.expect_only(T::FIELDS)?;
         serde_json::from_value(Value::Object(self.params.clone()))
             .map_err(|e| ProviderError::Invalid(format!("{}: {e}", self.op)))
     }
@@ -328,6 +358,53 @@ impl ResourceConfig {
             #[cfg(not(feature = "aws"))]
             ResourceConfig::AwsNotBuilt(never) => match *never {},
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ActionSpec, OpParams};
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Params {
+        #[allow(dead_code)]
+        flag: String,
+        #[serde(default)]
+        #[allow(dead_code)]
+        variant: Option<String>,
+    }
+
+    impl OpParams for Params {
+        const FIELDS: &'static [&'static str] = &["flag", "variant"];
+    }
+
+    fn spec(params: serde_json::Value) -> ActionSpec {
+        ActionSpec {
+            op: "flag.set".into(),
+            params: params.as_object().cloned().unwrap_or_default(),
+        }
+    }
+
+    #[test]
+    fn an_unknown_param_is_refused_by_name() {
+        let err = spec(serde_json::json!({"flag": "f", "variant": "v", "colour": "red"}))
+            .parse_params::<Params>()
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "flag.set: unknown param \"colour\"; expected flag, variant"
+        );
+        assert!(spec(serde_json::json!({"flag": "f"}))
+            .parse_params::<Params>()
+            .is_ok());
+        let err = spec(serde_json::json!({"x": 1}))
+            .expect_only(&[])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "flag.set: unknown param \"x\"; expected none");
     }
 }
 

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::{ActionSpec, ProviderError};
+use crate::{ActionSpec, OpParams, ProviderError};
 
 /// The op every cache provider implements.
 pub const PURGE_OP: &str = "cdn.purge";
@@ -31,6 +31,10 @@ struct PurgeParams {
     hosts: Option<Vec<String>>,
     #[serde(default)]
     soft: Option<bool>,
+}
+
+impl OpParams for PurgeParams {
+    const FIELDS: &'static [&'static str] = &["paths", "prefixes", "keys", "hosts", "soft"];
 }
 
 /// What a purge names.

@@ -312,6 +312,12 @@ struct Registry {
     max: usize,
     next_id: u64,
     conns: HashMap<u64, Entry>,
+    /// Evicted connections whose tasks have not yet been dropped (their
+    /// sockets are still open). The accept loop waits for them, so the
+    /// descriptors in use stay at the cap even under a flood.
+    closing: usize,
+    /// Told when an evicted connection's task is dropped.
+    closed: Arc<tokio::sync::Notify>,
 }
 
 struct Entry {
@@ -328,7 +334,12 @@ struct Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        lock_registry(&self.registry).conns.remove(&self.id);
+        let mut r = lock_registry(&self.registry);
+        if r.conns.remove(&self.id).is_none() {
+            // Evicted: its entry went at eviction, its socket goes now.
+            r.closing = r.closing.saturating_sub(1);
+            r.closed.notify_one();
+        }
     }
 }
 
@@ -345,6 +356,20 @@ impl Registry {
             max,
             next_id: 0,
             conns: HashMap::new(),
+            closing: 0,
+            closed: Arc::new(tokio::sync::Notify::new()),
+        }
+    }
+
+    /// Waits until every evicted connection's socket is closed.
+    async fn settled(this: &Mutex<Registry>) {
+        loop {
+            let closed = lock_registry(this).closed.clone();
+            let notified = closed.notified();
+            if lock_registry(this).closing == 0 {
+                return;
+            }
+            notified.await;
         }
     }
 
@@ -365,6 +390,7 @@ impl Registry {
             // The victim may have become busy since it was ranked; then it
             // stays, and the next candidate is tried.
             if r.conns.get(&id).is_some_and(|e| e.clock.evict()) {
+                r.closing = r.closing.saturating_add(1);
                 if let Some(task) = r.conns.remove(&id).and_then(|e| e.task) {
                     task.abort();
                 }
@@ -509,6 +535,7 @@ pub async fn serve(lc: Arc<Lifecycle>, listener: TcpListener, acceptor: Acceptor
     let mut backoff = Duration::ZERO;
     let mut failed: u64 = 0;
     loop {
+        Registry::settled(&registry).await;
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) if per_connection(&e) => continue,

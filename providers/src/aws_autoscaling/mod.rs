@@ -18,7 +18,7 @@ use tokio::sync::OnceCell;
 pub use config::AutoScalingConfig;
 
 use crate::aws_common::{self, Aws, Tries};
-use crate::{ActionSpec, Provider, ProviderError, State};
+use crate::{ActionSpec, OpParams, Provider, ProviderError, State};
 
 pub const OP: &str = "asg.cap";
 
@@ -28,6 +28,10 @@ struct CapParams {
     max: u32,
     #[serde(default)]
     desired: Option<u32>,
+}
+
+impl OpParams for CapParams {
+    const FIELDS: &'static [&'static str] = &["max", "desired"];
 }
 
 /// A group's size.

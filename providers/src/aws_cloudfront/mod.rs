@@ -26,12 +26,16 @@ pub use config::CloudFrontConfig;
 
 use crate::aws_common::{self, Aws, Tries};
 use crate::purge::{check_path, MAX_ITEMS, PURGE_OP};
-use crate::{ActionSpec, Provider, ProviderError, State};
+use crate::{ActionSpec, OpParams, Provider, ProviderError, State};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PurgeParams {
     paths: Vec<String>,
+}
+
+impl OpParams for PurgeParams {
+    const FIELDS: &'static [&'static str] = &["paths"];
 }
 
 /// The runtime of one `aws-cloudfront` resource.

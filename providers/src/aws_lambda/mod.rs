@@ -26,7 +26,7 @@ pub(crate) use config::check_name;
 pub use config::LambdaConfig;
 
 use crate::aws_common::{self, Aws, Tries};
-use crate::{ActionSpec, Provider, ProviderError, State};
+use crate::{ActionSpec, OpParams, Provider, ProviderError, State};
 
 pub const ALIAS_OP: &str = "lambda.alias";
 pub const CONCURRENCY_OP: &str = "lambda.concurrency";
@@ -41,10 +41,18 @@ struct AliasParams {
     weights: BTreeMap<String, String>,
 }
 
+impl OpParams for AliasParams {
+    const FIELDS: &'static [&'static str] = &["version", "weights"];
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ConcurrencyParams {
     reserved: u32,
+}
+
+impl OpParams for ConcurrencyParams {
+    const FIELDS: &'static [&'static str] = &["reserved"];
 }
 
 /// A validated action.

@@ -28,7 +28,7 @@ use tokio::sync::OnceCell;
 pub use config::SecretsManagerConfig;
 
 use crate::aws_common::{self, Aws, Tries};
-use crate::{ActionSpec, Provider, ProviderError, State};
+use crate::{ActionSpec, OpParams, Provider, ProviderError, State};
 
 pub const OP: &str = "secret.rollback";
 const CURRENT: &str = "AWSCURRENT";
@@ -39,6 +39,10 @@ const PREVIOUS: &str = "AWSPREVIOUS";
 struct RollbackParams {
     #[serde(default)]
     to_version: Option<String>,
+}
+
+impl OpParams for RollbackParams {
+    const FIELDS: &'static [&'static str] = &["to_version"];
 }
 
 /// Version ids and their staging labels: the before and after state.

@@ -26,7 +26,7 @@ use tokio::sync::OnceCell;
 pub use config::{WafConfig, WafScope};
 
 use crate::aws_common::{self, Aws, AwsError, Tries};
-use crate::{ActionSpec, Provider, ProviderError, State};
+use crate::{ActionSpec, OpParams, Provider, ProviderError, State};
 
 pub const OP: &str = "waf.block";
 /// The most CIDRs one action may add.
@@ -38,6 +38,10 @@ const MAX_LOCK_RETRIES: u32 = 5;
 #[serde(deny_unknown_fields)]
 struct BlockParams {
     cidrs: Vec<String>,
+}
+
+impl OpParams for BlockParams {
+    const FIELDS: &'static [&'static str] = &["cidrs"];
 }
 
 /// Parses `a.b.c.d/n`, `x:y::/n` or a bare address (a host network) into

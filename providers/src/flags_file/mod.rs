@@ -17,7 +17,7 @@ use tokio::sync::Mutex;
 
 pub use config::FlagsFileConfig;
 
-use crate::{replace_file, ActionSpec, ManagedFile, Provider, ProviderError, State};
+use crate::{replace_file, ActionSpec, ManagedFile, OpParams, Provider, ProviderError, State};
 
 /// Params of `flag.set`.
 #[derive(Debug, Deserialize)]
@@ -27,12 +27,20 @@ struct SetParams {
     variant: String,
 }
 
+impl OpParams for SetParams {
+    const FIELDS: &'static [&'static str] = &["flag", "variant"];
+}
+
 /// Params of `flag.state`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StateParams {
     flag: String,
     state: FlagState,
+}
+
+impl OpParams for StateParams {
+    const FIELDS: &'static [&'static str] = &["flag", "state"];
 }
 
 #[derive(Debug, Deserialize, Clone, Copy)]
@@ -374,6 +382,32 @@ mod tests {
             follow_symlinks: false,
         })
         .unwrap()
+    }
+
+    #[test]
+    fn validate_names_an_unknown_param() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = provider(&dir);
+        let err = p
+            .validate(&spec(
+                json!({"op":"flag.set","flag":"new_flow","variant":"off","colour":"red"}),
+            ))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "flag.set: unknown param \"colour\"; expected flag, variant"
+        );
+        let err = p
+            .validate(&spec(
+                json!({"op":"flag.state","flag":"new_flow","state":"DISABLED","resource":"x"}),
+            ))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "flag.state: unknown param \"resource\"; expected flag, state"
+        );
     }
 
     #[tokio::test]

@@ -34,7 +34,7 @@ pub use config::{NginxConfig, NginxProbe, NginxVerifyConfig};
 pub use rules::{check_path, parse_cidr};
 use rules::{parse_include, BrownoutParams, DenyParams, Include, Rule, GENERATION_PATH};
 
-use crate::{ActionSpec, ManagedFile, Provider, ProviderError, State};
+use crate::{ActionSpec, ManagedFile, OpParams, Provider, ProviderError, State};
 
 /// The runtime of one `nginx` resource.
 pub struct Nginx {
@@ -45,6 +45,14 @@ pub struct Nginx {
     client: reqwest::Client,
     /// Serialises render-test-reload cycles.
     lock: Mutex<()>,
+}
+
+impl OpParams for DenyParams {
+    const FIELDS: &'static [&'static str] = &["cidrs"];
+}
+
+impl OpParams for BrownoutParams {
+    const FIELDS: &'static [&'static str] = &["paths", "status", "retry_after"];
 }
 
 fn parse_rule(action: &ActionSpec) -> Result<Rule, ProviderError> {
