@@ -294,7 +294,11 @@ fn the_inbox_applies_dropped_envelopes_and_sorts_them() {
         env.path("inbox/rejected/bad.json").exists().then_some(())
     });
     assert_eq!(env.flags_bytes(), before);
-    assert!(env.audit_entries().iter().any(|e| e["event"] == "rejected"));
+    // Signed by a key nobody trusts: no receipt, a note in the audit log.
+    assert!(env
+        .audit_entries()
+        .iter()
+        .any(|e| e["event"] == "rejected_unverified" && e["detail"]["reason_code"] == "unknown_signer"));
 }
 
 #[test]

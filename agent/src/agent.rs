@@ -225,6 +225,7 @@ pub async fn run(cfg: AgentConfig, dev_mode: bool) -> Result<(), String> {
             loop {
                 tick.tick().await;
                 lc.heal_storage().await;
+                lc.store().release_idle();
             }
         });
     }

@@ -16,10 +16,10 @@
 //! hash) is also kept in every signed receipt and in a checkpoint in the
 //! journal, and `verify` compares the log against that checkpoint.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -114,7 +114,9 @@ impl Default for AuditLimits {
 /// An open audit log.
 pub struct AuditLog {
     dir: PathBuf,
-    file: File,
+    /// Open while in use; released when idle, so the agent holds nothing
+    /// open for writing between commands.
+    file: Option<Arc<File>>,
     len: u64,
     /// Sequence number of the active segment's first entry.
     first_seq: u64,
@@ -126,13 +128,9 @@ pub struct AuditLog {
 }
 
 fn open_active(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    let name = path.file_name().unwrap_or_default();
+    tourniquet_providers::SafeDir::open(dir)?.open_append(name, 0o600)
 }
 
 impl AuditLog {
@@ -194,7 +192,7 @@ impl AuditLog {
         };
         let mut log = AuditLog {
             dir: state_dir.to_path_buf(),
-            file,
+            file: Some(Arc::new(file)),
             len,
             first_seq,
             last_hash,
@@ -238,9 +236,10 @@ impl AuditLog {
             .map_err(|e| io_err(&path, std::io::Error::other(e)))?;
         let hash = sha256_hex(&line);
         line.push(b'\n');
-        if let Err(e) = self.file.write_all(&line) {
+        let file = self.file()?;
+        if let Err(e) = (&*file).write_all(&line) {
             // Best effort: if even the cut fails, the next start repairs it.
-            let _ = self.file.set_len(self.len);
+            let _ = file.set_len(self.len);
             return Err(io_err(&path, e));
         }
         self.len += line.len() as u64;
@@ -265,15 +264,29 @@ impl AuditLog {
         self.generation
     }
 
+    /// The active segment, opened again if it was released.
+    fn file(&mut self) -> Result<Arc<File>, AuditError> {
+        if let Some(f) = &self.file {
+            return Ok(f.clone());
+        }
+        let path = self.dir.join(ACTIVE);
+        let f = Arc::new(open_active(&path).map_err(|e| io_err(&path, e))?);
+        self.file = Some(f.clone());
+        Ok(f)
+    }
+
+    /// Closes the active segment until the next write.
+    pub fn release(&mut self) {
+        self.file = None;
+    }
+
     /// A handle that syncs the active segment, usable off the lock.
-    pub fn sync_handle(&self) -> Result<File, AuditError> {
-        self.file
-            .try_clone()
-            .map_err(|e| io_err(&self.dir.join(ACTIVE), e))
+    pub fn sync_handle(&mut self) -> Result<Arc<File>, AuditError> {
+        self.file()
     }
 
     pub fn sync(&mut self) -> Result<(), AuditError> {
-        self.file
+        self.file()?
             .sync_data()
             .map_err(|e| io_err(&self.dir.join(ACTIVE), e))
     }
@@ -290,11 +303,12 @@ impl AuditLog {
             self.first_seq,
             self.next_seq.saturating_sub(1)
         );
+        self.file = None;
         fs::rename(&active, seg_dir.join(&name)).map_err(|e| io_err(&active, e))?;
         File::open(&seg_dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| io_err(&seg_dir, e))?;
-        self.file = open_active(&active).map_err(|e| io_err(&active, e))?;
+        self.file = Some(Arc::new(open_active(&active).map_err(|e| io_err(&active, e))?));
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| io_err(&self.dir, e))?;
@@ -521,6 +535,7 @@ pub fn read_verified(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
 
     fn limits(segment_bytes: u64) -> AuditLimits {
         AuditLimits {

@@ -373,13 +373,18 @@ impl Lifecycle {
     fn notify(&self, rec: &CommandRecord) {
         self.changed.send_modify(|n| *n = n.wrapping_add(1));
         tracing::info!(command = %rec.id, state = rec.state.as_str(), "transition");
-        if self.fault_storage_after == Some(rec.state) {
+        self.fault_hook(rec.state);
+    }
+
+    /// The debug builds' fault hooks, fired once `state` is recorded.
+    fn fault_hook(&self, state: State) {
+        if self.fault_storage_after == Some(state) {
             self.store.fail_writes(true);
         }
-        if self.fault_after == Some(rec.state) {
+        if self.fault_after == Some(state) {
             eprintln!(
                 "tourniquet: {FAULT_ENV}={} reached; aborting",
-                rec.state.as_str()
+                state.as_str()
             );
             std::process::abort();
         }
@@ -644,27 +649,32 @@ impl Lifecycle {
             "kind": kind,
             "signers": rec.signers.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
         });
+        // Received and verified: the envelope is written to the journal
+        // now (not synced: a crash of the process loses nothing, and the
+        // sender gets its answer only after the intent is synced), so a
+        // restart finds it and verifies it again.
+        if let Err(e) =
+            self.store
+                .audit_envelope("received", &rec.envelope_sha256, Value::Null)
+        {
+            return self.refuse_storage(&rec, &e);
+        }
+        self.fault_hook(State::Received);
+        if let Err(e) = self.store.write_intent(&rec, who) {
+            return self.refuse_storage(&rec, &e);
+        }
+        self.notify(&rec);
         let keys = self.lock_keys(&payload);
         match self.locks.try_acquire(&keys) {
-            Some(guard) => {
-                if let Err(e) = self.store.audit_command("verified", &rec, who) {
-                    return self.refuse_storage(&rec, &e);
-                }
-                self.notify(&rec);
-                self.plan_and_start(rec, payload, guard).await
-            }
+            Some(guard) => self.plan_and_start(rec, payload, guard).await,
             None => {
                 // Another command holds the resource: make this one durable
                 // now, and plan it when its turn comes.
-                if let Err(e) = self.store.write_intent(&rec, who) {
-                    return self.refuse_storage(&rec, &e);
-                }
                 if let Err(e) = self.store.sync_journal().await {
                     self.store.forget(&rec.id);
                     return self.refuse_storage(&rec, &e);
                 }
                 self.release_in_flight(&rec);
-                self.notify(&rec);
                 let id = rec.id.to_string();
                 let this = self.clone();
                 let span = tracing::info_span!("command", id = %id);
@@ -799,7 +809,7 @@ impl Lifecycle {
         }
         self.step(&mut rec, State::Planned, None);
         rec.transition(State::Journaled, None, self.now());
-        let durable = match self.store.write_intent(&rec, Value::Null) {
+        let durable = match self.store.write_step(&rec, Value::Null) {
             Ok(()) => self.store.sync_journal().await,
             Err(e) => Err(e),
         };

@@ -32,7 +32,7 @@ impl Lifecycle {
         for rec in pending {
             let id = rec.id;
             let keys: Vec<String> = match rec.state {
-                State::Verified => rec
+                State::Received | State::Verified | State::Planned => rec
                     .payload
                     .as_ref()
                     .map(|p| self.lock_keys(p))
@@ -73,13 +73,17 @@ impl Lifecycle {
 
     async fn recover_one(self: Arc<Self>, rec: CommandRecord, guard: super::locks::ResourceGuard) {
         match rec.state {
-            State::Verified => {
-                self.audit_recovery(&rec, "re-verifying: it was queued before the restart");
+            State::Received | State::Verified | State::Planned => {
+                self.audit_recovery(
+                    &rec,
+                    "re-verifying: nothing was applied before the restart",
+                );
                 let policy = self.policy();
                 match policy.verify_envelope(rec.envelope.as_bytes(), self.now()) {
                     Ok(v) => {
                         let mut rec = rec;
                         rec.signers = v.signers;
+                        rec.actions.clear();
                         let payload = v.payload;
                         let _ = self.plan_and_start(rec, payload, guard).await;
                     }
@@ -89,7 +93,7 @@ impl Lifecycle {
                     }
                 }
             }
-            State::Journaled | State::Sampled | State::Planned => {
+            State::Journaled | State::Sampled => {
                 self.audit_recovery(&rec, "finishing: applying the journaled intent");
                 self.execute(rec, guard).await;
             }

@@ -40,6 +40,8 @@ pub enum Line {
     Replay { id: RecordId, until: Timestamp },
     /// The audit log's head as of a sync of the log.
     Head { head: AuditHead },
+    /// A record refused after its intent was written: forget it.
+    Drop { id: RecordId },
 }
 
 /// The wire shape of a line: flat, because serde cannot buffer a raw
@@ -100,6 +102,9 @@ impl Line {
             "head" => Line::Head {
                 head: w.head.ok_or_else(incomplete)?,
             },
+            "drop" => Line::Drop {
+                id: w.id.ok_or_else(incomplete)?,
+            },
             _ => return Err(incomplete()),
         })
     }
@@ -127,6 +132,9 @@ pub enum LineRef<'a> {
     },
     Head {
         head: &'a AuditHead,
+    },
+    Drop {
+        id: RecordId,
     },
 }
 
@@ -301,6 +309,13 @@ pub fn fold(bytes: &[u8]) -> Folded {
                 }
             }
             Line::Head { head } => out.head = Some(head),
+            Line::Drop { id } => {
+                out.live.remove(&id);
+                out.live_receipts.remove(&id);
+                if let Some(u) = id.command() {
+                    out.replay.remove(&u.0);
+                }
+            }
         }
     }
     // A record settled and then moved back to live is no longer settled.

@@ -100,8 +100,8 @@ pub struct OpenReport {
 }
 
 struct JournalFile {
-    file: File,
-    sync: Arc<File>,
+    /// Open while in use; released when idle (see [`Store::release_idle`]).
+    file: Option<Arc<File>>,
     len: u64,
     compact_at: u64,
 }
@@ -109,8 +109,11 @@ struct JournalFile {
 struct Inner {
     journal: JournalFile,
     audit: AuditLog,
-    audit_sync: Arc<File>,
     archive: ReceiptArchive,
+    /// Records refused after their intent was written: dropped from the
+    /// journal by the next line written.
+    tombstones: Vec<RecordId>,
+    last_write: std::time::Instant,
     live: HashMap<RecordId, CommandRecord>,
     /// Receipts (name, signed envelope) of records in memory.
     receipts: HashMap<RecordId, Vec<(String, Box<RawValue>)>>,
@@ -135,13 +138,10 @@ pub struct Store {
     scan_lock: Mutex<()>,
 }
 
-fn open_append(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
+/// Opens a state-dir file for appending through the directory handle:
+/// never through a symlink planted at its name.
+fn open_append(dir: &Path, name: &str) -> std::io::Result<File> {
+    crate::state::open_private_dir(dir)?.open_append(std::ffi::OsStr::new(name), 0o600)
 }
 
 fn unix(t: Timestamp) -> u64 {
@@ -167,13 +167,12 @@ impl Store {
             Err(e) => return Err(StoreError::io(&path, e)),
         };
         let folded = journal::fold(&bytes);
-        let file = open_append(&path).map_err(|e| StoreError::io(&path, e))?;
+        let file = open_append(dir, JOURNAL).map_err(|e| StoreError::io(&path, e))?;
         if folded.torn > 0 {
             file.set_len(folded.complete_len as u64)
                 .and_then(|_| file.sync_all())
                 .map_err(|e| StoreError::io(&path, e))?;
         }
-        let sync = Arc::new(file.try_clone().map_err(|e| StoreError::io(&path, e))?);
         let mut audit = AuditLog::open(dir, limits.audit.clone())?;
         if folded.torn > 0 {
             audit.append(
@@ -191,7 +190,6 @@ impl Store {
                 serde_json::json!({"lines": folded.skipped}),
             )?;
         }
-        let audit_sync = Arc::new(audit.sync_handle()?);
         let archive = ReceiptArchive::open(dir, limits.receipts.clone())
             .map_err(|e| StoreError::io(&dir.join("receipts"), e))?;
         let Folded {
@@ -213,14 +211,14 @@ impl Store {
         let now_s = unix(now);
         let mut inner = Inner {
             journal: JournalFile {
-                file,
-                sync,
+                file: Some(Arc::new(file)),
                 len: complete_len as u64,
                 compact_at: COMPACT_MIN_BYTES,
             },
             audit,
-            audit_sync,
             archive,
+            tombstones: Vec::new(),
+            last_write: std::time::Instant::now(),
             live,
             receipts: live_receipts,
             recent: HashMap::new(),
@@ -333,16 +331,52 @@ impl Store {
             self.mark_unhealthy(&e);
             return Err(e);
         }
-        let bytes = journal::encode(line).map_err(|e| StoreError::io(&path, e))?;
-        if let Err(e) = inner.journal.file.write_all(&bytes) {
-            let _ = inner.journal.file.set_len(inner.journal.len);
+        let mut bytes = Vec::new();
+        for id in &inner.tombstones {
+            bytes.extend(journal::encode(&LineRef::Drop { id: *id }).map_err(|e| StoreError::io(&path, e))?);
+        }
+        bytes.extend(journal::encode(line).map_err(|e| StoreError::io(&path, e))?);
+        let file = match self.journal_file(inner) {
+            Ok(f) => f,
+            Err(e) => {
+                self.mark_unhealthy(&e);
+                return Err(e);
+            }
+        };
+        if let Err(e) = (&*file).write_all(&bytes) {
+            let _ = file.set_len(inner.journal.len);
             let e = StoreError::io(&path, e);
             self.mark_unhealthy(&e);
             return Err(e);
         }
+        inner.tombstones.clear();
+        inner.last_write = std::time::Instant::now();
         inner.journal.len += bytes.len() as u64;
         self.journal_written.fetch_add(1, Ordering::SeqCst);
         Ok(())
+    }
+
+    fn journal_file(&self, inner: &mut Inner) -> Result<Arc<File>, StoreError> {
+        if let Some(f) = &inner.journal.file {
+            return Ok(f.clone());
+        }
+        let f = Arc::new(
+            open_append(&self.dir, JOURNAL).map_err(|e| StoreError::io(&self.dir.join(JOURNAL), e))?,
+        );
+        inner.journal.file = Some(f.clone());
+        Ok(f)
+    }
+
+    /// Closes the journal and the audit log when nothing was written for
+    /// a second: an idle agent holds no file open for writing, so its
+    /// state dir can be remounted read-only (and every write after that
+    /// fails closed).
+    pub fn release_idle(&self) {
+        let mut inner = self.lock();
+        if inner.last_write.elapsed() >= Duration::from_secs(1) {
+            inner.journal.file = None;
+            inner.audit.release();
+        }
     }
 
     fn append_audit(
@@ -358,17 +392,10 @@ impl Store {
             self.mark_unhealthy(&e);
             return Err(e);
         }
-        let generation = inner.audit.generation();
         match inner.audit.append(event, command, envelope_sha256, detail) {
             Ok(_) => {
                 self.audit_written.fetch_add(1, Ordering::SeqCst);
-                // A rotation opened a new active segment (the old one was
-                // synced as it was sealed).
-                if inner.audit.generation() != generation {
-                    if let Ok(h) = inner.audit.sync_handle() {
-                        inner.audit_sync = Arc::new(h);
-                    }
-                }
+                inner.last_write = std::time::Instant::now();
                 Ok(())
             }
             Err(e) => {
@@ -563,6 +590,7 @@ impl Store {
         if let Some(u) = id.command() {
             inner.replay.remove(&u.0);
         }
+        inner.tombstones.push(*id);
     }
 
     /// Makes every journal line written so far durable.
@@ -577,11 +605,15 @@ impl Store {
 
     async fn sync_journal_locked(&self) -> Result<(), StoreError> {
         let (file, upto) = {
-            let inner = self.lock();
-            (
-                inner.journal.sync.clone(),
-                self.journal_written.load(Ordering::SeqCst),
-            )
+            let mut inner = self.lock();
+            let upto = self.journal_written.load(Ordering::SeqCst);
+            match self.journal_file(&mut inner) {
+                Ok(f) => (f, upto),
+                Err(e) => {
+                    self.mark_unhealthy(&e);
+                    return Err(e);
+                }
+            }
         };
         self.blocking_sync(file, &self.dir.join(JOURNAL)).await?;
         self.journal_synced.fetch_max(upto, Ordering::SeqCst);
@@ -617,12 +649,16 @@ impl Store {
             return Ok(());
         }
         let (file, head, upto) = {
-            let inner = self.lock();
-            (
-                inner.audit_sync.clone(),
-                inner.audit.head(),
-                self.audit_written.load(Ordering::SeqCst),
-            )
+            let mut inner = self.lock();
+            let upto = self.audit_written.load(Ordering::SeqCst);
+            let head = inner.audit.head();
+            match inner.audit.sync_handle() {
+                Ok(f) => (f, head, upto),
+                Err(e) => {
+                    self.mark_unhealthy(&e);
+                    return Err(e.into());
+                }
+            }
         };
         self.blocking_sync(file, &self.dir.join(crate::audit::ACTIVE))
             .await?;
@@ -691,33 +727,11 @@ impl Store {
         if let Some(head) = &inner.checkpoint {
             out.extend(journal::encode(&LineRef::Head { head }).map_err(|e| StoreError::io(&path, e))?);
         }
-        let tmp = self.dir.join(format!(
-            ".journal.{:016x}.tmp",
-            rand_core::RngCore::next_u64(&mut rand_core::OsRng)
-        ));
-        let written = (|| -> std::io::Result<File> {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                .open(&tmp)?;
-            f.write_all(&out)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &path)?;
-            File::open(&self.dir)?.sync_all()?;
-            open_append(&path)
-        })();
-        let file = match written {
-            Ok(f) => f,
-            Err(e) => {
-                let _ = fs::remove_file(&tmp);
-                return Err(StoreError::io(&path, e));
-            }
-        };
+        inner.journal.file = None;
+        crate::state::open_private_dir(&self.dir)
+            .and_then(|d| d.replace(std::ffi::OsStr::new(JOURNAL), &out, 0o600, true))
+            .map_err(|e| StoreError::io(&path, e))?;
         self.syncs.fetch_add(3, Ordering::Relaxed);
-        inner.journal.sync = Arc::new(file.try_clone().map_err(|e| StoreError::io(&path, e))?);
-        inner.journal.file = file;
         inner.journal.len = out.len() as u64;
         inner.journal.compact_at = (inner.journal.len * 2).max(COMPACT_MIN_BYTES);
         // Everything the new file holds is durable.
