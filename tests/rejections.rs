@@ -513,10 +513,18 @@ fn agent_replay_body(env: &Env, agent: &Agent) -> (Vec<u8>, String) {
     (body, id)
 }
 
+/// Receipts the agent has stored: settle lines in its journal, plus those
+/// compaction moved into the receipt archive's segments.
 fn receipt_files(env: &Env) -> usize {
-    std::fs::read_dir(env.path("state/receipts"))
-        .map(|d| d.count())
-        .unwrap_or(0)
+    let lines = |p: std::path::PathBuf| {
+        std::fs::read_to_string(p)
+            .map(|t| t.lines().filter(|l| l.contains("\"t\":\"settle\"") || l.starts_with("{\"name\"")).count())
+            .unwrap_or(0)
+    };
+    let archived: usize = std::fs::read_dir(env.path("state/receipts"))
+        .map(|d| d.flatten().map(|e| lines(e.path())).sum())
+        .unwrap_or(0);
+    lines(env.path("state/journal.jsonl")) + archived
 }
 
 /// Checks one row's answer; returns what is wrong, if anything.

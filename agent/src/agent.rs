@@ -224,6 +224,7 @@ pub async fn run(cfg: AgentConfig, dev_mode: bool) -> Result<(), String> {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
+                lc.store().check_space();
                 lc.heal_storage().await;
                 lc.store().release_idle();
             }

@@ -131,8 +131,16 @@ pub struct StateLock {
 pub fn lock_state_dir(dir: &Path) -> Result<StateLock, StateError> {
     let handle = open_private_dir(dir).map_err(io_at(dir))?;
     let path = dir.join(LOCK_FILE);
-    let mut file = handle
-        .open_append(OsStr::new(LOCK_FILE), 0o600)
+    // The lock is held on a read-only descriptor: a running agent keeps
+    // nothing in its state dir open for writing while idle, so an operator
+    // can remount it read-only (and the agent then fails closed).
+    drop(
+        handle
+            .open_append(OsStr::new(LOCK_FILE), 0o600)
+            .map_err(io_at(&path))?,
+    );
+    let file = handle
+        .open_read(OsStr::new(LOCK_FILE))
         .map_err(io_at(&path))?;
     // SAFETY: the fd is open for the call.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
@@ -157,9 +165,14 @@ pub fn lock_state_dir(dir: &Path) -> Result<StateLock, StateError> {
             pid,
         });
     }
-    file.set_len(0)
-        .and_then(|()| writeln!(file, "{}", std::process::id()))
+    let mut writer = handle
+        .open_append(OsStr::new(LOCK_FILE), 0o600)
         .map_err(io_at(&path))?;
+    writer
+        .set_len(0)
+        .and_then(|()| writeln!(writer, "{}", std::process::id()))
+        .map_err(io_at(&path))?;
+    drop(writer);
     Ok(StateLock { _file: file })
 }
 

@@ -659,10 +659,10 @@ impl Lifecycle {
         {
             return self.refuse_storage(&rec, &e);
         }
-        self.fault_hook(State::Received);
         if let Err(e) = self.store.write_intent(&rec, who) {
             return self.refuse_storage(&rec, &e);
         }
+        self.fault_hook(State::Received);
         self.notify(&rec);
         let keys = self.lock_keys(&payload);
         match self.locks.try_acquire(&keys) {

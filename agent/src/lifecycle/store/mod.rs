@@ -54,6 +54,9 @@ pub use receipts::Archived;
 /// The journal's file name.
 pub const JOURNAL: &str = "journal.jsonl";
 
+/// Free space below which the state dir counts as full.
+const MIN_FREE_BYTES: u64 = 64 * 1024;
+
 /// Most settled records kept in memory.
 pub const RECENT_RECORDS: usize = 128;
 
@@ -294,13 +297,43 @@ impl Store {
         *u = Some(why.to_string());
     }
 
+    /// Why the state dir's filesystem cannot take writes now (read-only,
+    /// or nearly full), from one `statvfs`: cheap enough to ask every
+    /// second, so an idle agent notices before a command arrives.
+    fn filesystem_refuses(&self) -> Option<String> {
+        let path = std::ffi::CString::new(self.dir.as_os_str().as_encoded_bytes()).ok()?;
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `path` is a NUL-terminated string and `st` a valid out-pointer.
+        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+            return Some(format!("{}: {}", self.dir.display(), std::io::Error::last_os_error()));
+        }
+        if st.f_flag & libc::ST_RDONLY != 0 {
+            return Some(format!("{} is on a read-only filesystem", self.dir.display()));
+        }
+        let free = u64::from(st.f_bavail).saturating_mul(st.f_frsize as u64);
+        if free < MIN_FREE_BYTES {
+            return Some(format!(
+                "{} has {free} bytes free; Tourniquet needs at least {MIN_FREE_BYTES} to record commands",
+                self.dir.display()
+            ));
+        }
+        None
+    }
+
+    /// Marks the store unhealthy when its filesystem is read-only or full.
+    pub fn check_space(&self) {
+        if let Some(why) = self.filesystem_refuses() {
+            self.mark_unhealthy(&why);
+        }
+    }
+
     /// Tries a small synced write in the state dir; clears the unhealthy
     /// mark when it works. Returns whether the store is healthy.
     pub fn heal(&self) -> bool {
         if self.health().is_ok() {
             return true;
         }
-        if self.fail_writes.load(Ordering::SeqCst) {
+        if self.fail_writes.load(Ordering::SeqCst) || self.filesystem_refuses().is_some() {
             return false;
         }
         let probe = self
