@@ -8,12 +8,23 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use tourniquet::rejection::Reason;
 
 fuzz_target!(|data: &[u8]| {
     let fx = tourniquet_fuzz::fixture();
     let resigned = tourniquet_fuzz::resign(&fx.signer, data);
     let bytes = resigned.as_deref().unwrap_or(data);
-    let Ok(cmd) = fx.policy.verify_envelope(bytes, fx.now) else {
+    let verdict = fx.policy.verify_envelope(bytes, fx.now);
+    if std::str::from_utf8(bytes).is_err() {
+        // Verified as received: bytes that are not UTF-8 are never an
+        // envelope, whatever a lossy copy of them would say.
+        let reason = verdict.as_ref().err().map(|r| r.reason);
+        assert!(
+            matches!(reason, Some(Reason::BadEnvelope | Reason::TooLarge)),
+            "invalid UTF-8 gave {reason:?}"
+        );
+    }
+    let Ok(cmd) = verdict else {
         return;
     };
     assert!(

@@ -10,7 +10,7 @@
 //! `bad_signature`, and the payload, times and permissions of a verified
 //! command, which a holder of a trusted key controls, would go untested.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use ssh_key::private::{Ed25519Keypair, KeypairData};
@@ -129,20 +129,28 @@ pub fn resign(signer: &Signer, data: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// A scratch directory for targets that must go through a real file (the
-/// providers read their files themselves). On tmpfs when there is one, so
-/// a write and its fsync cost microseconds, not a disk flush.
+/// providers read their files themselves): inside
+/// `$TOURNIQUET_FUZZ_SCRATCH` when set (scripts/fuzz sets it and removes
+/// it afterwards, since a fuzzing process ends without running drops), else
+/// on tmpfs when there is one, so a write and its fsync cost microseconds,
+/// not a disk flush.
 pub fn scratch_dir() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     DIR.get_or_init(|| {
-        let shm = Path::new("/dev/shm");
         let builder = {
             let mut b = tempfile::Builder::new();
             b.prefix("tourniquet-fuzz-");
             b
         };
-        if shm.is_dir() {
-            if let Ok(dir) = builder.tempdir_in(shm) {
-                return dir;
+        let parents = [
+            std::env::var_os("TOURNIQUET_FUZZ_SCRATCH").map(PathBuf::from),
+            Some(PathBuf::from("/dev/shm")),
+        ];
+        for parent in parents.into_iter().flatten() {
+            if parent.is_dir() {
+                if let Ok(dir) = builder.tempdir_in(&parent) {
+                    return dir;
+                }
             }
         }
         builder.tempdir().expect("a temp dir for the fuzz target")

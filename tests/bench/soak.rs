@@ -53,6 +53,7 @@ enum SoakError {
     Io(String, std::io::Error),
     Sign(String),
     Http(String),
+    Config(String),
     Refused { status: u16, body: String },
     AgentGone(String),
 }
@@ -63,6 +64,7 @@ impl fmt::Display for SoakError {
             SoakError::Usage(why) => write!(f, "{why}\n{USAGE}"),
             SoakError::Io(what, e) => write!(f, "{what}: {e}"),
             SoakError::Sign(why) => write!(f, "signing a command: {why}"),
+            SoakError::Config(why) => write!(f, "the agent refuses the soak's config: {why}"),
             SoakError::Http(why) => write!(f, "talking to the agent: {why}"),
             SoakError::Refused { status, body } => {
                 write!(
@@ -491,6 +493,21 @@ fn run(args: Args) -> Result<Value, SoakError> {
             "driving {} flag toggles with {} client(s)",
             args.commands, args.clients
         );
+    }
+    // A config the agent refuses is reported as such, not as a crash.
+    let check = Command::new(&bin)
+        .args(["agent", "--config", "agent.toml", "--check"])
+        .current_dir(env.dir.path())
+        .output()
+        .map_err(|e| SoakError::Io(format!("running {}", bin.display()), e))?;
+    if !check.status.success() {
+        let why = String::from_utf8_lossy(&check.stderr).trim().to_string();
+        let hint = if args.retention && why.contains("retention") {
+            " (this agent predates [retention]; run with --no-retention)"
+        } else {
+            ""
+        };
+        return Err(SoakError::Config(format!("{why}{hint}")));
     }
     let mut agent = Agent::spawn(
         env.dir.path(),

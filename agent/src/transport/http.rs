@@ -37,7 +37,8 @@
 //!   Why not a few reserve slots that only serve `/healthz`? Idle clients
 //!   fill a reserve as easily as the main pool, and a probe then fails just
 //!   the same. Closing the stalest connection instead keeps the agent's
-//!   descriptors at `max_connections` (plus the ones being closed), lets a
+//!   descriptors at `max_connections` (the accept loop waits for an evicted
+//!   connection's socket to close before it accepts the next), lets a
 //!   client that sends its request promptly in — `/healthz` and a `POST` of
 //!   a signed hotfix alike — unless the attacker opens `max_connections`
 //!   connections in the time that client takes to send its request, and
