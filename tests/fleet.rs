@@ -190,7 +190,11 @@ fn targeting_is_honoured_and_forged_commands_are_refused_everywhere() {
                 (reasons.len() >= 2).then_some(reasons)
             },
         );
-        assert!(reasons.contains(&"unknown_signer".to_string()), "{}: {reasons:?}", a.id);
+        assert!(
+            reasons.contains(&"unknown_signer".to_string()),
+            "{}: {reasons:?}",
+            a.id
+        );
         assert!(
             reasons
                 .iter()

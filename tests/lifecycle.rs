@@ -298,7 +298,8 @@ fn the_inbox_applies_dropped_envelopes_and_sorts_them() {
     assert!(env
         .audit_entries()
         .iter()
-        .any(|e| e["event"] == "rejected_unverified" && e["detail"]["reason_code"] == "unknown_signer"));
+        .any(|e| e["event"] == "rejected_unverified"
+            && e["detail"]["reason_code"] == "unknown_signer"));
 }
 
 #[test]

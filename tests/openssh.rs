@@ -612,9 +612,8 @@ fn ssh_keygen_verifies_a_receipt() {
         .and_then(|r| r.last())
         .and_then(Value::as_str)
         .expect("receipt name");
-    let stored: Value =
-        tourniquet::lifecycle::store::read_receipt(&env.path("state"), stored_name)
-            .expect("stored receipt");
+    let stored: Value = tourniquet::lifecycle::store::read_receipt(&env.path("state"), stored_name)
+        .expect("stored receipt");
     assert_eq!(&stored, receipt);
 
     std::fs::write(

@@ -518,7 +518,11 @@ fn agent_replay_body(env: &Env, agent: &Agent) -> (Vec<u8>, String) {
 fn receipt_files(env: &Env) -> usize {
     let lines = |p: std::path::PathBuf| {
         std::fs::read_to_string(p)
-            .map(|t| t.lines().filter(|l| l.contains("\"t\":\"settle\"") || l.starts_with("{\"name\"")).count())
+            .map(|t| {
+                t.lines()
+                    .filter(|l| l.contains("\"t\":\"settle\"") || l.starts_with("{\"name\""))
+                    .count()
+            })
             .unwrap_or(0)
     };
     let archived: usize = std::fs::read_dir(env.path("state/receipts"))

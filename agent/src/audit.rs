@@ -232,8 +232,8 @@ impl AuditLog {
             prev: self.last_hash.clone(),
         };
         let path = self.dir.join(ACTIVE);
-        let mut line = serde_json::to_vec(&entry)
-            .map_err(|e| io_err(&path, std::io::Error::other(e)))?;
+        let mut line =
+            serde_json::to_vec(&entry).map_err(|e| io_err(&path, std::io::Error::other(e)))?;
         let hash = sha256_hex(&line);
         line.push(b'\n');
         let file = self.file()?;
@@ -308,7 +308,9 @@ impl AuditLog {
         File::open(&seg_dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| io_err(&seg_dir, e))?;
-        self.file = Some(Arc::new(open_active(&active).map_err(|e| io_err(&active, e))?));
+        self.file = Some(Arc::new(
+            open_active(&active).map_err(|e| io_err(&active, e))?,
+        ));
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| io_err(&self.dir, e))?;
@@ -493,7 +495,10 @@ pub fn walk_chain(
             }
             if let Some(seq) = expected_seq {
                 if entry.seq != seq {
-                    return Err(broken(format!("seq {} where {seq} was expected", entry.seq)));
+                    return Err(broken(format!(
+                        "seq {} where {seq} was expected",
+                        entry.seq
+                    )));
                 }
             }
             expected_seq = Some(entry.seq.saturating_add(1));
@@ -518,7 +523,10 @@ pub fn walk_chain(
 }
 
 /// Checks the chain of the log in `state_dir` against `checkpoint`.
-pub fn verify(state_dir: &Path, checkpoint: Option<&AuditHead>) -> Result<VerifyReport, AuditError> {
+pub fn verify(
+    state_dir: &Path,
+    checkpoint: Option<&AuditHead>,
+) -> Result<VerifyReport, AuditError> {
     walk_chain(state_dir, checkpoint, |_| {})
 }
 

@@ -130,10 +130,16 @@ impl RetentionSection {
             ));
         }
         if self.audit_segments == 0 {
-            return Err(("retention.audit_segments".into(), "must be at least 1".into()));
+            return Err((
+                "retention.audit_segments".into(),
+                "must be at least 1".into(),
+            ));
         }
         if self.receipts_count == 0 {
-            return Err(("retention.receipts_count".into(), "must be at least 1".into()));
+            return Err((
+                "retention.receipts_count".into(),
+                "must be at least 1".into(),
+            ));
         }
         Ok(())
     }

@@ -482,7 +482,9 @@ fn audit_verify(state: Option<PathBuf>, json: bool) -> CliResult {
                     ));
                 }
                 match &report.checkpoint {
-                    Some(cp) => line.push_str(&format!("; checkpoint at seq {} is covered", cp.seq)),
+                    Some(cp) => {
+                        line.push_str(&format!("; checkpoint at seq {} is covered", cp.seq))
+                    }
                     None => line.push_str("; no checkpoint yet, so a cut tail cannot be ruled out"),
                 }
                 println!("{line}");

@@ -31,7 +31,9 @@ impl Lifecycle {
     ) -> Result<Option<Value>, StoreError> {
         rec.transition(state, note, self.now());
         let name = match rec.id {
-            RecordId::Command(_) => format!("{}.{}.{}", rec.id, rec.receipts.len() + 1, state.as_str()),
+            RecordId::Command(_) => {
+                format!("{}.{}.{}", rec.id, rec.receipts.len() + 1, state.as_str())
+            }
             RecordId::Envelope(_) => format!(
                 "rejected-{}.{}",
                 rec.envelope_sha256.get(..16).unwrap_or_default(),
@@ -59,7 +61,8 @@ impl Lifecycle {
             }
         };
         let note = rec.timeline.last().and_then(|t| t.note.clone());
-        let detail = json!({"receipt": name, "reason_code": rec.reason.map(|r| r.code()), "note": note});
+        let detail =
+            json!({"receipt": name, "reason_code": rec.reason.map(|r| r.code()), "note": note});
         if let Err(e) = self.store.write_settle(rec, &name, &raw, detail) {
             rec.receipts.pop();
             return Err(e);
@@ -114,8 +117,7 @@ impl Lifecycle {
                 State::Baking,
                 Some(format!("bake {}", humantime::format_duration(bake))),
             );
-            let checks =
-                telemetry::effective_checks(&g, |p| self.probes.get(p).map(|c| c.unit()));
+            let checks = telemetry::effective_checks(&g, |p| self.probes.get(p).map(|c| c.unit()));
             let mut judgement =
                 telemetry::Judgement::new(&g, checks, rec.telemetry.clone().unwrap_or_default());
             let deadline = tokio::time::Instant::now() + bake.saturating_sub(elapsed);

@@ -57,7 +57,8 @@ impl Lifecycle {
         let started = Instant::now();
         if let Err(msg) = self.apply_all(&mut rec).await {
             rec.message = Some(msg.clone());
-            self.settle_or_undo(&mut rec, State::Failed, Some(msg)).await;
+            self.settle_or_undo(&mut rec, State::Failed, Some(msg))
+                .await;
             return;
         }
         self.metrics
@@ -109,7 +110,10 @@ impl Lifecycle {
                 continue;
             };
             let Some(res) = self.resources.get(&a.resource) else {
-                let msg = format!("reverting {} {}: the resource is no longer declared", a.resource, a.op);
+                let msg = format!(
+                    "reverting {} {}: the resource is no longer declared",
+                    a.resource, a.op
+                );
                 rec.actions[i].error = Some(msg.clone());
                 errors.push(msg);
                 continue;

@@ -51,10 +51,7 @@ impl ResourceLocks {
         for n in &names {
             held.push(self.lock_of(n).try_lock_owned().ok()?);
         }
-        Some(ResourceGuard {
-            _held: held,
-            names,
-        })
+        Some(ResourceGuard { _held: held, names })
     }
 
     /// Waits for every lock, in name order.
@@ -64,10 +61,7 @@ impl ResourceLocks {
         for n in &names {
             held.push(self.lock_of(n).lock_owned().await);
         }
-        ResourceGuard {
-            _held: held,
-            names,
-        }
+        ResourceGuard { _held: held, names }
     }
 }
 

@@ -302,7 +302,8 @@ impl Lifecycle {
         if self.store.health().is_ok() || !self.store.heal() {
             return;
         }
-        let pending = std::mem::take(&mut *self.unrecorded.lock().unwrap_or_else(|e| e.into_inner()));
+        let pending =
+            std::mem::take(&mut *self.unrecorded.lock().unwrap_or_else(|e| e.into_inner()));
         for mut rec in pending {
             let state = rec.state;
             let note = rec.timeline.last().and_then(|t| t.note.clone());
@@ -495,7 +496,9 @@ impl Lifecycle {
         let write = {
             let mut u = self.unverified.lock().unwrap_or_else(|e| e.into_inner());
             let now = Instant::now();
-            if u.window.is_none_or(|w| now.duration_since(w) >= Duration::from_secs(1)) {
+            if u.window
+                .is_none_or(|w| now.duration_since(w) >= Duration::from_secs(1))
+            {
                 u.window = Some(now);
                 u.written = 0;
             }
@@ -653,9 +656,9 @@ impl Lifecycle {
         // now (not synced: a crash of the process loses nothing, and the
         // sender gets its answer only after the intent is synced), so a
         // restart finds it and verifies it again.
-        if let Err(e) =
-            self.store
-                .audit_envelope("received", &rec.envelope_sha256, Value::Null)
+        if let Err(e) = self
+            .store
+            .audit_envelope("received", &rec.envelope_sha256, Value::Null)
         {
             return self.refuse_storage(&rec, &e);
         }
@@ -865,7 +868,10 @@ impl Lifecycle {
         let errors = self.revert_actions(&mut rec).await;
         let mut note = format!("internal error: {why}; what it applied was reverted");
         if !errors.is_empty() {
-            note = format!("internal error: {why}; revert incomplete: {}", errors.join("; "));
+            note = format!(
+                "internal error: {why}; revert incomplete: {}",
+                errors.join("; ")
+            );
         }
         rec.message = Some(note.clone());
         if let Err(e) = self.settle(&mut rec, State::Failed, Some(note)).await {

@@ -58,7 +58,8 @@ impl Lifecycle {
             let guard = self.locks.acquire(&keys).await;
             let this = self.clone();
             tokio::spawn(async move {
-                let work = std::panic::AssertUnwindSafe(this.clone().recover_one(rec.clone(), guard));
+                let work =
+                    std::panic::AssertUnwindSafe(this.clone().recover_one(rec.clone(), guard));
                 if let Err(panic) = work.catch_unwind().await {
                     let why = panic
                         .downcast_ref::<&str>()
@@ -74,10 +75,7 @@ impl Lifecycle {
     async fn recover_one(self: Arc<Self>, rec: CommandRecord, guard: super::locks::ResourceGuard) {
         match rec.state {
             State::Received | State::Verified | State::Planned => {
-                self.audit_recovery(
-                    &rec,
-                    "re-verifying: nothing was applied before the restart",
-                );
+                self.audit_recovery(&rec, "re-verifying: nothing was applied before the restart");
                 let policy = self.policy();
                 match policy.verify_envelope(rec.envelope.as_bytes(), self.now()) {
                     Ok(v) => {
@@ -111,7 +109,10 @@ impl Lifecycle {
                 drop(guard);
             }
             other => {
-                self.quarantine(&rec, &format!("no recovery rule for state {}", other.as_str()));
+                self.quarantine(
+                    &rec,
+                    &format!("no recovery rule for state {}", other.as_str()),
+                );
             }
         }
     }

@@ -152,7 +152,9 @@ impl Rig {
             toml::from_str("kind = \"http\"\nurl = \"http://127.0.0.1:9/\"").unwrap();
         let probes = Probes::new(BTreeMap::from([("p".to_string(), probe)]));
         let flags = self.flags.clone();
-        probes.set_fake(Arc::new(move |_| Some(if flags.any_bad() { 1.0 } else { 0.0 })));
+        probes.set_fake(Arc::new(move |_| {
+            Some(if flags.any_bad() { 1.0 } else { 0.0 })
+        }));
         Lifecycle::new(
             Identity {
                 id: "agent-1".into(),
@@ -256,7 +258,11 @@ fn assert_invariants(lc: &Lifecycle, flags: &FakeFlags, original: &str) {
                 .to_string(),
             None => original.to_string(),
         };
-        assert_eq!(flags.get(&name), expected, "flag {name}; in force: {holders:?}");
+        assert_eq!(
+            flags.get(&name),
+            expected,
+            "flag {name}; in force: {holders:?}"
+        );
     }
 }
 
@@ -310,7 +316,8 @@ fn unsigned_junk_costs_no_journal_and_no_receipt() {
         let lc = rig.agent(clock.clone());
         let journal = rig.state().join("journal.jsonl");
         let before = std::fs::metadata(&journal).map(|m| m.len()).unwrap_or(0);
-        let mut unsigned: Value = serde_json::from_slice(&rig.set(&*clock, "f", "off", json!({}))).unwrap();
+        let mut unsigned: Value =
+            serde_json::from_slice(&rig.set(&*clock, "f", "off", json!({}))).unwrap();
         unsigned["signatures"] = json!([]);
         let unsigned = serde_json::to_vec(&unsigned).unwrap();
         for i in 0..500u32 {
@@ -322,7 +329,10 @@ fn unsigned_junk_costs_no_journal_and_no_receipt() {
             match lc.submit(&junk, "test").await {
                 Submission::Rejected { rejection, receipt } => {
                     assert!(receipt.is_none());
-                    assert!(matches!(rejection.reason, Reason::BadSignature | Reason::BadEnvelope));
+                    assert!(matches!(
+                        rejection.reason,
+                        Reason::BadSignature | Reason::BadEnvelope
+                    ));
                 }
                 other => panic!("{other:?}"),
             }
@@ -331,8 +341,14 @@ fn unsigned_junk_costs_no_journal_and_no_receipt() {
         assert_eq!(before, after, "junk reached the journal");
         assert!(lc.store.stats().recent == 0 && lc.store.stats().live == 0);
         let audit = std::fs::read_to_string(rig.state().join("audit.jsonl")).unwrap();
-        let entries = audit.lines().filter(|l| l.contains("rejected_unverified")).count();
-        assert!(entries <= 10, "{entries} audit entries for 500 junk bodies in no time");
+        let entries = audit
+            .lines()
+            .filter(|l| l.contains("rejected_unverified"))
+            .count();
+        assert!(
+            entries <= 10,
+            "{entries} audit entries for 500 junk bodies in no time"
+        );
         lc.flush_unverified_summary();
         let audit = std::fs::read_to_string(rig.state().join("audit.jsonl")).unwrap();
         assert!(audit.contains("rejected_unverified_summary"));
@@ -384,7 +400,9 @@ fn a_settle_that_cannot_be_written_undoes_the_change() {
         // Once the disk works again, the failure is recorded.
         lc.store.fail_writes(false);
         lc.heal_storage().await;
-        assert!(lc.read_receipt(&lc.record(&id).unwrap().receipts[0]).is_some());
+        assert!(lc
+            .read_receipt(&lc.record(&id).unwrap().receipts[0])
+            .is_some());
     });
 }
 
@@ -395,15 +413,21 @@ fn a_panicking_provider_ends_the_command_failed_with_a_receipt() {
     rt.block_on(async {
         let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(Timestamp::now()));
         let lc = rig.agent(clock.clone());
-        let id = accepted(&lc.submit(&rig.set(&*clock, "f", "panic", json!({})), "test").await)
-            .unwrap();
+        let id = accepted(
+            &lc.submit(&rig.set(&*clock, "f", "panic", json!({})), "test")
+                .await,
+        )
+        .unwrap();
         quiesce(&lc).await;
         let rec = lc.record(&id).unwrap();
         assert_eq!(rec.state, State::Failed);
         assert!(!rec.receipts.is_empty());
         // The agent still works.
-        let id = accepted(&lc.submit(&rig.set(&*clock, "f", "off", json!({})), "test").await)
-            .unwrap();
+        let id = accepted(
+            &lc.submit(&rig.set(&*clock, "f", "off", json!({})), "test")
+                .await,
+        )
+        .unwrap();
         quiesce(&lc).await;
         assert_eq!(lc.record(&id).unwrap().state, State::Kept);
     });
@@ -418,7 +442,12 @@ fn memory_and_journal_stay_bounded_over_many_commands() {
         let lc = rig.agent(clock.clone());
         let mut first = None;
         for i in 0..600 {
-            let env = rig.set(&*clock, "f", if i % 2 == 0 { "off" } else { "on" }, json!({}));
+            let env = rig.set(
+                &*clock,
+                "f",
+                if i % 2 == 0 { "off" } else { "on" },
+                json!({}),
+            );
             let id = accepted(&lc.submit(&env, "test").await).unwrap();
             first.get_or_insert(id);
             quiesce(&lc).await;
@@ -438,7 +467,10 @@ fn memory_and_journal_stay_bounded_over_many_commands() {
             .archived_view(&first)
             .await
             .unwrap_or_else(|| panic!("{first} is not archived: {listing:?}"));
-        assert_eq!(view["receipt"]["payloadType"], crate::envelope::RECEIPT_PAYLOAD_TYPE);
+        assert_eq!(
+            view["receipt"]["payloadType"],
+            crate::envelope::RECEIPT_PAYLOAD_TYPE
+        );
     });
 }
 
@@ -501,13 +533,19 @@ fn run_ops(ops: Vec<Op>) {
             }
             op => rt.block_on(async {
                 match op {
-                    Op::Set { flag, variant, hold, guarded } => {
+                    Op::Set {
+                        flag,
+                        variant,
+                        hold,
+                        guarded,
+                    } => {
                         let mut extra = json!({});
                         if let Some(h) = hold {
                             extra["hold"] = json!(format!("{h}s"));
                         }
                         if guarded {
-                            extra["guard"] = json!({"probes": ["p"], "bake": "1s", "interval": "300ms"});
+                            extra["guard"] =
+                                json!({"probes": ["p"], "bake": "1s", "interval": "300ms"});
                         }
                         let env = rig.set(&*clock, FLAGS[flag], VARIANTS[variant], extra);
                         if let Some(id) = accepted(&lc.submit(&env, "test").await) {
@@ -515,7 +553,12 @@ fn run_ops(ops: Vec<Op>) {
                         }
                     }
                     Op::Pair { flag } => {
-                        let a = rig.set(&*clock, FLAGS[flag], "off", json!({"hold": "3s", "guard": {"probes": ["p"], "bake": "1s"}}));
+                        let a = rig.set(
+                            &*clock,
+                            FLAGS[flag],
+                            "off",
+                            json!({"hold": "3s", "guard": {"probes": ["p"], "bake": "1s"}}),
+                        );
                         let b = rig.set(&*clock, FLAGS[flag], "bad", json!({"hold": "2s"}));
                         let (x, y) = tokio::join!(lc.submit(&a, "test"), lc.submit(&b, "test"));
                         sent.extend(accepted(&x));
@@ -540,7 +583,11 @@ fn run_ops(ops: Vec<Op>) {
         tokio::time::sleep(Duration::from_secs(60)).await;
         quiesce(&lc).await;
     });
-    assert!(lc.active().iter().all(|r| r.hold_until.is_none()), "{:?}", lc.active());
+    assert!(
+        lc.active().iter().all(|r| r.hold_until.is_none()),
+        "{:?}",
+        lc.active()
+    );
     if lc.active().is_empty() {
         for f in FLAGS {
             assert_eq!(rig.flags.get(f), "on", "flag {f} with nothing in force");

@@ -173,7 +173,11 @@ impl Probes {
             return names
                 .iter()
                 .map(|n| {
-                    let unit = self.configs.get(n).map(|c| c.unit()).unwrap_or(Unit::Number);
+                    let unit = self
+                        .configs
+                        .get(n)
+                        .map(|c| c.unit())
+                        .unwrap_or(Unit::Number);
                     ProbeSample {
                         probe: n.clone(),
                         at: Timestamp::now(),

@@ -319,7 +319,8 @@ pub fn fold(bytes: &[u8]) -> Folded {
         }
     }
     // A record settled and then moved back to live is no longer settled.
-    out.settled.retain(|(r, rs)| !rs.is_empty() && !out.live.contains_key(&r.id));
+    out.settled
+        .retain(|(r, rs)| !rs.is_empty() && !out.live.contains_key(&r.id));
     out
 }
 

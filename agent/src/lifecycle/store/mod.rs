@@ -305,10 +305,17 @@ impl Store {
         let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
         // SAFETY: `path` is a NUL-terminated string and `st` a valid out-pointer.
         if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
-            return Some(format!("{}: {}", self.dir.display(), std::io::Error::last_os_error()));
+            return Some(format!(
+                "{}: {}",
+                self.dir.display(),
+                std::io::Error::last_os_error()
+            ));
         }
         if st.f_flag & libc::ST_RDONLY != 0 {
-            return Some(format!("{} is on a read-only filesystem", self.dir.display()));
+            return Some(format!(
+                "{} is on a read-only filesystem",
+                self.dir.display()
+            ));
         }
         let free = u64::from(st.f_bavail).saturating_mul(st.f_frsize as u64);
         if free < MIN_FREE_BYTES {
@@ -336,9 +343,10 @@ impl Store {
         if self.fail_writes.load(Ordering::SeqCst) || self.filesystem_refuses().is_some() {
             return false;
         }
-        let probe = self
-            .dir
-            .join(format!(".probe.{:016x}", rand_core::RngCore::next_u64(&mut rand_core::OsRng)));
+        let probe = self.dir.join(format!(
+            ".probe.{:016x}",
+            rand_core::RngCore::next_u64(&mut rand_core::OsRng)
+        ));
         let ok = (|| -> std::io::Result<()> {
             let mut f = OpenOptions::new()
                 .write(true)
@@ -366,7 +374,10 @@ impl Store {
         }
         let mut bytes = Vec::new();
         for id in &inner.tombstones {
-            bytes.extend(journal::encode(&LineRef::Drop { id: *id }).map_err(|e| StoreError::io(&path, e))?);
+            bytes.extend(
+                journal::encode(&LineRef::Drop { id: *id })
+                    .map_err(|e| StoreError::io(&path, e))?,
+            );
         }
         bytes.extend(journal::encode(line).map_err(|e| StoreError::io(&path, e))?);
         let file = match self.journal_file(inner) {
@@ -394,7 +405,8 @@ impl Store {
             return Ok(f.clone());
         }
         let f = Arc::new(
-            open_append(&self.dir, JOURNAL).map_err(|e| StoreError::io(&self.dir.join(JOURNAL), e))?,
+            open_append(&self.dir, JOURNAL)
+                .map_err(|e| StoreError::io(&self.dir.join(JOURNAL), e))?,
         );
         inner.journal.file = Some(f.clone());
         Ok(f)
@@ -540,14 +552,7 @@ impl Store {
         audit: Value,
     ) -> Result<(), StoreError> {
         let mut inner = self.lock();
-        self.append_line(
-            &mut inner,
-            &LineRef::Settle {
-                name,
-                rec,
-                receipt,
-            },
-        )?;
+        self.append_line(&mut inner, &LineRef::Settle { name, rec, receipt })?;
         let command = rec.id.command().map(|u| u.to_string());
         self.append_audit(
             &mut inner,
@@ -735,30 +740,40 @@ impl Store {
         let now = unix(Timestamp::now());
         inner.replay.retain(|_, until| *until >= now);
         let mut out = Vec::new();
-        let live_ids: std::collections::HashSet<u128> =
-            inner.live.keys().filter_map(|id| id.command()).map(|u| u.0).collect();
+        let live_ids: std::collections::HashSet<u128> = inner
+            .live
+            .keys()
+            .filter_map(|id| id.command())
+            .map(|u| u.0)
+            .collect();
         for (id, until) in &inner.replay {
             if live_ids.contains(id) {
                 continue;
             }
             let until = Timestamp(SystemTime::UNIX_EPOCH + Duration::from_secs(*until));
-            out.extend(journal::encode(&LineRef::Replay {
-                id: RecordId::Command(ulid::Ulid(*id)),
-                until,
-            })
-            .map_err(|e| StoreError::io(&path, e))?);
+            out.extend(
+                journal::encode(&LineRef::Replay {
+                    id: RecordId::Command(ulid::Ulid(*id)),
+                    until,
+                })
+                .map_err(|e| StoreError::io(&path, e))?,
+            );
         }
         let mut live: Vec<&CommandRecord> = inner.live.values().collect();
         live.sort_by_key(|r| r.received_at);
         for rec in live {
-            out.extend(journal::encode(&LineRef::Put {
-                rec,
-                envelope: &rec.envelope,
-            })
-            .map_err(|e| StoreError::io(&path, e))?);
+            out.extend(
+                journal::encode(&LineRef::Put {
+                    rec,
+                    envelope: &rec.envelope,
+                })
+                .map_err(|e| StoreError::io(&path, e))?,
+            );
         }
         if let Some(head) = &inner.checkpoint {
-            out.extend(journal::encode(&LineRef::Head { head }).map_err(|e| StoreError::io(&path, e))?);
+            out.extend(
+                journal::encode(&LineRef::Head { head }).map_err(|e| StoreError::io(&path, e))?,
+            );
         }
         inner.journal.file = None;
         crate::state::open_private_dir(&self.dir)
@@ -768,8 +783,10 @@ impl Store {
         inner.journal.len = out.len() as u64;
         inner.journal.compact_at = (inner.journal.len * 2).max(COMPACT_MIN_BYTES);
         // Everything the new file holds is durable.
-        self.journal_synced
-            .fetch_max(self.journal_written.load(Ordering::SeqCst), Ordering::SeqCst);
+        self.journal_synced.fetch_max(
+            self.journal_written.load(Ordering::SeqCst),
+            Ordering::SeqCst,
+        );
         let now = SystemTime::now();
         inner.archive.prune(now);
         inner.audit.prune(now);
@@ -780,11 +797,7 @@ impl Store {
     /// rebuilt from its newest receipt).
     pub fn record(&self, id: &RecordId) -> Option<CommandRecord> {
         let inner = self.lock();
-        inner
-            .live
-            .get(id)
-            .or_else(|| inner.recent.get(id))
-            .cloned()
+        inner.live.get(id).or_else(|| inner.recent.get(id)).cloned()
     }
 
     /// Records not yet terminal, oldest first.
@@ -845,8 +858,11 @@ impl Store {
         let path = self.dir.join(JOURNAL);
         if let Ok(bytes) = fs::read(&path) {
             for line in bytes.rsplit(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-                if let Ok(Line::Settle { name: n, rec, receipt }) =
-                    Line::parse(line)
+                if let Ok(Line::Settle {
+                    name: n,
+                    rec,
+                    receipt,
+                }) = Line::parse(line)
                 {
                     let rid = rec
                         .id
@@ -946,7 +962,9 @@ pub fn read_envelopes(state_dir: &Path) -> HashMap<String, (String, CommandRecor
 pub fn read_receipt(state_dir: &Path, name: &str) -> Option<Value> {
     if let Ok(bytes) = fs::read(state_dir.join(JOURNAL)) {
         for line in bytes.rsplit(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-            if let Ok(Line::Settle { name: n, receipt, .. }) = Line::parse(line)
+            if let Ok(Line::Settle {
+                name: n, receipt, ..
+            }) = Line::parse(line)
             {
                 if n == name {
                     return serde_json::from_str(receipt.get()).ok();

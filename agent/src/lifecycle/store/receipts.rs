@@ -139,15 +139,8 @@ impl ReceiptArchive {
         }
         let mut buf = Vec::new();
         for (name, id, receipt) in items {
-            serde_json::to_writer(
-                &mut buf,
-                &ArchivedRef {
-                    name,
-                    id,
-                    receipt,
-                },
-            )
-            .map_err(std::io::Error::other)?;
+            serde_json::to_writer(&mut buf, &ArchivedRef { name, id, receipt })
+                .map_err(std::io::Error::other)?;
             buf.push(b'\n');
         }
         if self.active.is_none() {
@@ -255,7 +248,6 @@ pub fn find(state_dir: &Path, name: Option<&str>, id: Option<&str>) -> Option<Ar
     None
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,8 +272,14 @@ mod tests {
         }
         let d = dir.path();
         assert!(find(d, Some("C29.1.kept"), None).is_some());
-        assert_eq!(find(d, None, Some("C28")).unwrap().receipt.get(), "{\"n\":28}");
-        assert!(find(d, Some("C0.1.kept"), None).is_none(), "pruned by count");
+        assert_eq!(
+            find(d, None, Some("C28")).unwrap().receipt.get(),
+            "{\"n\":28}"
+        );
+        assert!(
+            find(d, Some("C0.1.kept"), None).is_none(),
+            "pruned by count"
+        );
         assert!(find(d, Some("nope"), None).is_none());
         // Reopening continues the active segment.
         let _a = ReceiptArchive::open(dir.path(), limits).unwrap();
