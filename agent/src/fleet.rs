@@ -93,11 +93,14 @@ pub fn split_userinfo(urls: &str) -> (Vec<String>, Option<(String, String)>) {
 fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
+    // Bytes, never string slices: a `%` before a multi-byte character
+    // must not split it.
+    let hex = |at: usize| bytes.get(at).and_then(|&b| char::from(b).to_digit(16));
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(b);
+        if bytes[i] == b'%' {
+            if let (Some(hi), Some(lo)) = (hex(i + 1), hex(i + 2)) {
+                out.push((hi * 16 + lo) as u8);
                 i += 3;
                 continue;
             }

@@ -337,11 +337,10 @@ impl Percent {
         }
         let whole: u32 = whole.parse().map_err(|_| bad())?;
         let frac: u32 = format!("{frac:0<2}").parse().map_err(|_| bad())?;
-        let bp = whole * 100 + frac;
-        if bp > 10_000 {
-            return Err(format!("{text:?} is more than 100%"));
+        match whole.checked_mul(100).and_then(|w| w.checked_add(frac)) {
+            Some(bp) if bp <= 10_000 => Ok(Percent(bp)),
+            _ => Err(format!("{text:?} is more than 100%")),
         }
-        Ok(Percent(bp))
     }
     pub fn as_ratio(self) -> f64 {
         f64::from(self.0) / 10_000.0

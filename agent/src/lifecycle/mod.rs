@@ -636,7 +636,6 @@ impl Lifecycle {
                 .await;
         }
         self.metrics.count_command(None);
-        rec.transition(State::Verified, None, self.now());
         let kind = if payload.actions.iter().any(|a| a.op == REVERT_OP) {
             "revert"
         } else {
@@ -656,16 +655,15 @@ impl Lifecycle {
         // now (not synced: a crash of the process loses nothing, and the
         // sender gets its answer only after the intent is synced), so a
         // restart finds it and verifies it again.
-        if let Err(e) = self
-            .store
-            .audit_envelope("received", &rec.envelope_sha256, Value::Null)
-        {
-            return self.refuse_storage(&rec, &e);
-        }
-        if let Err(e) = self.store.write_intent(&rec, who) {
+        if let Err(e) = self.store.write_intent(&rec, Value::Null) {
             return self.refuse_storage(&rec, &e);
         }
         self.fault_hook(State::Received);
+        rec.transition(State::Verified, None, self.now());
+        if let Err(e) = self.store.write_step(&rec, who) {
+            self.store.forget(&rec.id);
+            return self.refuse_storage(&rec, &e);
+        }
         self.notify(&rec);
         let keys = self.lock_keys(&payload);
         match self.locks.try_acquire(&keys) {

@@ -223,6 +223,9 @@ impl Delta {
     }
 }
 
+/// Receipts of one record: (name, signed envelope), oldest first.
+pub type Receipts = Vec<(String, Box<RawValue>)>;
+
 /// What folding a journal found.
 #[derive(Default)]
 pub struct Folded {
@@ -230,7 +233,7 @@ pub struct Folded {
     pub live: HashMap<RecordId, CommandRecord>,
     /// Records that settled terminally since the last compaction, with
     /// their receipts, oldest first.
-    pub settled: Vec<(CommandRecord, Vec<(String, Box<RawValue>)>)>,
+    pub settled: Vec<(CommandRecord, Receipts)>,
     /// Receipts of live records, by record.
     pub live_receipts: HashMap<RecordId, Vec<(String, Box<RawValue>)>>,
     /// Command ids still to be refused as replays, with their expiry.

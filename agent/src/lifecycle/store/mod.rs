@@ -18,6 +18,7 @@
 //! - a settle: the audit log, then a checkpoint of its head into the
 //!   journal, then the journal; settles that arrive together share one
 //!   pair of syncs (group commit).
+//!
 //! Every other step is written but not synced: after a crash, recovery
 //! works from the last durable intent or settle.
 //!
@@ -317,6 +318,7 @@ impl Store {
                 self.dir.display()
             ));
         }
+        #[allow(clippy::useless_conversion)]
         let free = u64::from(st.f_bavail).saturating_mul(st.f_frsize as u64);
         if free < MIN_FREE_BYTES {
             return Some(format!(
