@@ -29,6 +29,20 @@ impl Lifecycle {
         state: State,
         note: Option<String>,
     ) -> Result<Option<Value>, StoreError> {
+        self.settle_with(rec, state, note, state != State::Rejected)
+            .await
+    }
+
+    /// [`Lifecycle::settle`], syncing only when `durable`: a superseded
+    /// command's settle rides on the sync of the command that superseded
+    /// it (recovery hands over again if that one never settled).
+    pub(super) async fn settle_with(
+        &self,
+        rec: &mut CommandRecord,
+        state: State,
+        note: Option<String>,
+        durable: bool,
+    ) -> Result<Option<Value>, StoreError> {
         rec.transition(state, note, self.now());
         let name = match rec.id {
             RecordId::Command(_) => {
@@ -67,7 +81,7 @@ impl Lifecycle {
             rec.receipts.pop();
             return Err(e);
         }
-        if state != State::Rejected {
+        if durable {
             if let Err(e) = self.store.sync_all().await {
                 rec.receipts.pop();
                 return Err(e);

@@ -133,7 +133,7 @@ impl Lifecycle {
 
     /// Marks older hotfixes on the same keys as handed over to `rec`; an
     /// older one left with nothing of its own is superseded.
-    async fn hand_over(&self, rec: &CommandRecord) {
+    pub(super) async fn hand_over(&self, rec: &CommandRecord) {
         let keys: Vec<(String, String)> = rec
             .actions
             .iter()
@@ -163,7 +163,10 @@ impl Lifecycle {
                 other.related = Some(rec.id.to_string());
                 if other.actions.iter().all(|a| !a.applied || a.reverted) {
                     let note = Some(format!("superseded by {}", rec.id));
-                    if let Err(e) = self.settle(&mut other, State::Superseded, note).await {
+                    if let Err(e) = self
+                        .settle_with(&mut other, State::Superseded, note, false)
+                        .await
+                    {
                         tracing::error!(command = %other.id, error = %e, "cannot record a superseded command");
                     }
                 } else if let Err(e) = self

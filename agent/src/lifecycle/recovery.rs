@@ -97,6 +97,9 @@ impl Lifecycle {
             }
             State::Applied | State::Baking => {
                 self.audit_recovery(&rec, "finishing: judging the guard after the restart");
+                // The hand-over to this command may not have been made
+                // durable before the crash: make it again (idempotent).
+                self.hand_over(&rec).await;
                 let now = self.now();
                 let served = rec
                     .timeline
