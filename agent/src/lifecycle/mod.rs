@@ -155,20 +155,6 @@ pub struct Lifecycle {
     own_writes: Mutex<BTreeMap<String, drift::FileIdentity>>,
 }
 
-/// Whether a rejection happens before any trusted signature verified.
-fn before_trust(reason: Reason) -> bool {
-    matches!(
-        reason,
-        Reason::BadEnvelope
-            | Reason::TooLarge
-            | Reason::BadSignature
-            | Reason::UnknownSigner
-            | Reason::RevokedKey
-            | Reason::KeyNotValidNow
-            | Reason::PolicyExpired
-    )
-}
-
 fn fault_state(var: &str) -> Option<State> {
     if cfg!(debug_assertions) {
         std::env::var(var).ok().and_then(|s| State::parse(&s))
@@ -604,7 +590,7 @@ impl Lifecycle {
             Some(p) => p.verified,
             None => match policy.verify_envelope(rec.envelope.as_bytes(), now) {
                 Ok(v) => v,
-                Err(rej) if before_trust(rej.reason) => {
+                Err(rej) if rej.reason.before_trust() => {
                     return self.reject_unverified(&rec.envelope_sha256, &rec.transport, rej)
                 }
                 Err(rej) => return self.reject_signed(rec, rej).await,

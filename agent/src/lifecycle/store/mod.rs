@@ -523,16 +523,7 @@ impl Store {
     /// Records a step of a live record (not synced).
     pub fn write_step(&self, rec: &CommandRecord, audit: Value) -> Result<(), StoreError> {
         let mut inner = self.lock();
-        let journaled = inner.live.contains_key(&rec.id);
-        if journaled {
-            self.append_line(
-                &mut inner,
-                &LineRef::Step {
-                    delta: journal::DeltaRef::of(rec),
-                },
-            )?;
-            inner.live.insert(rec.id, rec.clone());
-        }
+        self.append_step(&mut inner, rec)?;
         let command = rec.id.command().map(|u| u.to_string());
         self.append_audit(
             &mut inner,
@@ -541,6 +532,20 @@ impl Store {
             Some(&rec.envelope_sha256),
             audit,
         )
+    }
+
+    /// Writes a live record's step line; a record not journaled yet has none.
+    fn append_step(&self, inner: &mut Inner, rec: &CommandRecord) -> Result<(), StoreError> {
+        if inner.live.contains_key(&rec.id) {
+            self.append_line(
+                inner,
+                &LineRef::Step {
+                    delta: journal::DeltaRef::of(rec),
+                },
+            )?;
+            inner.live.insert(rec.id, rec.clone());
+        }
+        Ok(())
     }
 
     /// Records a settle and its signed receipt. Follow with
@@ -593,16 +598,7 @@ impl Store {
     /// caller wrote its own).
     pub fn write_record(&self, rec: &CommandRecord) -> Result<(), StoreError> {
         let mut inner = self.lock();
-        if inner.live.contains_key(&rec.id) {
-            self.append_line(
-                &mut inner,
-                &LineRef::Step {
-                    delta: journal::DeltaRef::of(rec),
-                },
-            )?;
-            inner.live.insert(rec.id, rec.clone());
-        }
-        Ok(())
+        self.append_step(&mut inner, rec)
     }
 
     /// Shows a record's state in memory without writing it: a settle the
