@@ -335,7 +335,18 @@ impl SshAgent {
     }
 
     fn add(&self, env: &Env, key: &str) {
-        let out = run_in(env, OsStr::new("ssh-add"), &[key], &self.envs(), None);
+        // ssh-agent creates its socket before it listens on it: a refused
+        // first connection means "not yet", so retry until a deadline.
+        let out = wait_for(
+            "ssh-add to reach ssh-agent",
+            Duration::from_secs(10),
+            || {
+                let out = run_in(env, OsStr::new("ssh-add"), &[key], &self.envs(), None);
+                let refused =
+                    !out.status.success() && text(&out.stderr).contains("Connection refused");
+                (!refused).then_some(out)
+            },
+        );
         ok(&format!("ssh-add {key}"), &out);
         let listed = run_in(env, OsStr::new("ssh-add"), &["-l"], &self.envs(), None);
         let listed = ok("ssh-add -l", &listed);
