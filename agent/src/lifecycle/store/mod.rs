@@ -713,10 +713,20 @@ impl Store {
     /// checkpoint, after moving every receipt it held into the archive.
     fn compact(&self, inner: &mut Inner) -> Result<(), StoreError> {
         let path = self.dir.join(JOURNAL);
-        let bytes = fs::read(&path).map_err(|e| StoreError::io(&path, e))?;
+        // Read line by line, and parse only settle lines: the journal can
+        // be megabytes, and compaction must not hold all of it at once.
+        let reader = std::io::BufReader::new(
+            crate::state::open_private_dir(&self.dir)
+                .and_then(|d| d.open_read(std::ffi::OsStr::new(JOURNAL)))
+                .map_err(|e| StoreError::io(&path, e))?,
+        );
         let mut moved: Vec<(String, String, Box<RawValue>)> = Vec::new();
-        for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-            if let Ok(Line::Settle { name, rec, receipt }) = Line::parse(line) {
+        for line in std::io::BufRead::split(reader, b'\n') {
+            let line = line.map_err(|e| StoreError::io(&path, e))?;
+            if !line.starts_with(b"{\"t\":\"settle\"") {
+                continue;
+            }
+            if let Ok(Line::Settle { name, rec, receipt }) = Line::parse(&line) {
                 let id = rec
                     .id
                     .command()
