@@ -279,7 +279,7 @@ impl Lifecycle {
     }
 
     /// `Err(why)` while the state dir cannot be written.
-    pub fn storage_health(&self) -> Result<(), String> {
+    pub fn storage_health(&self) -> Result<(), store::Unhealthy> {
         self.store.health()
     }
 

@@ -810,9 +810,9 @@ async fn post_command(
 fn healthz(lc: &Lifecycle) -> Resp {
     match lc.storage_health() {
         Ok(()) => json_response(200, &json!({"status": "ok"})),
-        Err(why) => json_response(
+        Err(e) => json_response(
             503,
-            &json!({"status": "unavailable", "reason": "storage_unavailable", "message": why}),
+            &json!({"status": "unavailable", "reason": "storage_unavailable", "message": e.to_string()}),
         ),
     }
 }

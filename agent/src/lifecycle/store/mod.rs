@@ -87,6 +87,14 @@ impl StoreError {
     }
 }
 
+/// The state dir cannot be written now; `why` names the first failure
+/// (or the full or read-only filesystem) since it last could.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{why}")]
+pub struct Unhealthy {
+    pub why: String,
+}
+
 /// Retention and size bounds of everything the store keeps.
 #[derive(Debug, Clone, Default)]
 pub struct StoreLimits {
@@ -283,10 +291,10 @@ impl Store {
     }
 
     /// `Err(why)` while the state dir cannot be written.
-    pub fn health(&self) -> Result<(), String> {
+    pub fn health(&self) -> Result<(), Unhealthy> {
         match &*self.unhealthy.lock().unwrap_or_else(|e| e.into_inner()) {
             None => Ok(()),
-            Some(why) => Err(why.clone()),
+            Some(why) => Err(Unhealthy { why: why.clone() }),
         }
     }
 
@@ -477,9 +485,21 @@ impl Store {
         detail: Value,
     ) -> Result<(), StoreError> {
         let mut inner = self.lock();
+        self.append_record_audit(&mut inner, event, rec, detail)
+    }
+
+    /// An audit entry about a record: its command id (once it has one) and
+    /// its envelope hash.
+    fn append_record_audit(
+        &self,
+        inner: &mut Inner,
+        event: &str,
+        rec: &CommandRecord,
+        detail: Value,
+    ) -> Result<(), StoreError> {
         let command = rec.id.command().map(|u| u.to_string());
         self.append_audit(
-            &mut inner,
+            inner,
             event,
             command.as_deref(),
             Some(&rec.envelope_sha256),
@@ -505,14 +525,7 @@ impl Store {
         )?;
         // The audit entry follows the journal line: a failure here leaves
         // a durable intent, which recovery finishes.
-        let command = rec.id.command().map(|u| u.to_string());
-        let _ = self.append_audit(
-            &mut inner,
-            rec.state.as_str(),
-            command.as_deref(),
-            Some(&rec.envelope_sha256),
-            audit,
-        );
+        let _ = self.append_record_audit(&mut inner, rec.state.as_str(), rec, audit);
         if let (Some(u), Some(until)) = (rec.id.command(), rec.replay_until) {
             inner.replay.insert(u.0, unix(until));
         }
@@ -524,14 +537,7 @@ impl Store {
     pub fn write_step(&self, rec: &CommandRecord, audit: Value) -> Result<(), StoreError> {
         let mut inner = self.lock();
         self.append_step(&mut inner, rec)?;
-        let command = rec.id.command().map(|u| u.to_string());
-        self.append_audit(
-            &mut inner,
-            rec.state.as_str(),
-            command.as_deref(),
-            Some(&rec.envelope_sha256),
-            audit,
-        )
+        self.append_record_audit(&mut inner, rec.state.as_str(), rec, audit)
     }
 
     /// Writes a live record's step line; a record not journaled yet has none.
@@ -560,14 +566,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut inner = self.lock();
         self.append_line(&mut inner, &LineRef::Settle { name, rec, receipt })?;
-        let command = rec.id.command().map(|u| u.to_string());
-        self.append_audit(
-            &mut inner,
-            rec.state.as_str(),
-            command.as_deref(),
-            Some(&rec.envelope_sha256),
-            audit,
-        )?;
+        self.append_record_audit(&mut inner, rec.state.as_str(), rec, audit)?;
         if let (Some(u), Some(until)) = (rec.id.command(), rec.replay_until) {
             inner.replay.insert(u.0, unix(until));
         }
