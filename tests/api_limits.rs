@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tourniquet::envelope::{Envelope, COMMAND_PAYLOAD_TYPE};
+use tourniquet::command::envelope::{Envelope, COMMAND_PAYLOAD_TYPE};
 use tourniquet_e2e::*;
 
 /// The default config with extra `[api]` keys.

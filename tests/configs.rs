@@ -52,7 +52,7 @@ fn every_example_policy_parses() {
             .file_name()
             .is_some_and(|n| n.to_string_lossy().ends_with("policy.toml"))
         {
-            tourniquet::policy::Policy::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            tourniquet::trust::policy::Policy::load(&path).unwrap_or_else(|e| panic!("{e}"));
             checked += 1;
         }
     }

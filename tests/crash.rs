@@ -16,7 +16,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tourniquet::envelope::{sha256_hex, Envelope};
+use tourniquet::command::envelope::{sha256_hex, Envelope};
 use tourniquet::lifecycle::FAULT_ENV;
 use tourniquet_e2e::*;
 
@@ -221,7 +221,7 @@ fn crash_after(transition: &str, shape: Shape) {
     let (_, identity) = call(&mut agent, "GET", "/v1/identity", b"");
     let receipt_env: Envelope =
         serde_json::from_value(rec["receipt"].clone()).expect("receipt envelope");
-    let receipt = tourniquet::receipt::verify_receipt(
+    let receipt = tourniquet::lifecycle::receipt::verify_receipt(
         &receipt_env,
         identity["public_key"].as_str().expect("agent key"),
     )

@@ -300,7 +300,7 @@ fn split_into_waves(agents: &[&str], first_wave: u8) -> (String, Vec<String>, Ve
         let id = ulid::Ulid::new().to_string();
         let (early, late): (Vec<&str>, Vec<&str>) = agents
             .iter()
-            .partition(|a| tourniquet::fleet::cohort(&id, a) < first_wave);
+            .partition(|a| tourniquet::transport::nats::fleet::cohort(&id, a) < first_wave);
         if !early.is_empty() && !late.is_empty() {
             return (
                 id,

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tourniquet::envelope::sha256_hex;
+use tourniquet::command::envelope::sha256_hex;
 use tourniquet_e2e::*;
 
 fn flag_set_cli(env: &Env, agent: &Agent, extra: &[&str]) -> (i32, String, String) {
@@ -272,7 +272,7 @@ fn the_inbox_applies_dropped_envelopes_and_sorts_them() {
             .map(|_| ())
     });
     let id = serde_json::from_slice::<Value>(
-        &tourniquet::envelope::decode_base64(
+        &tourniquet::command::envelope::decode_base64(
             serde_json::from_slice::<Value>(&good).unwrap()["payload"]
                 .as_str()
                 .unwrap(),

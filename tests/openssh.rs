@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use serde_json::{json, Value};
-use tourniquet::envelope::{COMMAND_PAYLOAD_TYPE, RECEIPT_PAYLOAD_TYPE};
+use tourniquet::command::envelope::{COMMAND_PAYLOAD_TYPE, RECEIPT_PAYLOAD_TYPE};
 use tourniquet_e2e::*;
 
 fn require_openssh() {

@@ -7,7 +7,7 @@
 
 use base64::Engine;
 use serde_json::{json, Value};
-use tourniquet::envelope::sha256_hex;
+use tourniquet::command::envelope::sha256_hex;
 use tourniquet_e2e::*;
 
 fn hours_ago(h: u64) -> String {
@@ -43,9 +43,10 @@ fn edit_envelope(body: &[u8], edit: impl FnOnce(&mut Value)) -> Vec<u8> {
 /// `body` with its first signature's binary SSHSIG blob edited.
 fn edit_sshsig(body: &[u8], edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
     edit_envelope(body, |e| {
-        let mut blob =
-            tourniquet::envelope::decode_base64(e["signatures"][0]["sig"].as_str().unwrap())
-                .unwrap();
+        let mut blob = tourniquet::command::envelope::decode_base64(
+            e["signatures"][0]["sig"].as_str().unwrap(),
+        )
+        .unwrap();
         edit(&mut blob);
         e["signatures"][0]["sig"] = json!(base64::engine::general_purpose::STANDARD.encode(blob));
     })
@@ -320,10 +321,15 @@ fn cases(env: &Env, agent: &Agent) -> Vec<Case> {
         "signature for another namespace",
         {
             let p = serde_json::to_vec(&payload(set_new_flow("off"))).unwrap();
-            let msg = tourniquet::envelope::pae(tourniquet::envelope::COMMAND_PAYLOAD_TYPE, &p);
+            let msg = tourniquet::command::envelope::pae(
+                tourniquet::command::envelope::COMMAND_PAYLOAD_TYPE,
+                &p,
+            );
             let sig = alice.signer().sign("file", &msg).unwrap();
-            let mut env =
-                tourniquet::envelope::Envelope::new(tourniquet::envelope::COMMAND_PAYLOAD_TYPE, &p);
+            let mut env = tourniquet::command::envelope::Envelope::new(
+                tourniquet::command::envelope::COMMAND_PAYLOAD_TYPE,
+                &p,
+            );
             env.add_signature(&sig).unwrap();
             serde_json::to_vec(&env).unwrap()
         },
@@ -533,7 +539,7 @@ fn receipt_files(env: &Env) -> usize {
 
 /// Checks one row's answer; returns what is wrong, if anything.
 fn check_case(env: &Env, agent: &Agent, c: &Case) -> Result<(), String> {
-    let reason = tourniquet::rejection::Reason::ALL
+    let reason = tourniquet::command::rejection::Reason::ALL
         .into_iter()
         .find(|r| r.code() == c.reason)
         .ok_or_else(|| format!("{} is not a reason code", c.reason))?;
@@ -578,8 +584,10 @@ fn check_case(env: &Env, agent: &Agent, c: &Case) -> Result<(), String> {
         return fail("a signed rejection receipt is required".into());
     }
     let receipt_payload: Value = serde_json::from_slice(
-        &tourniquet::envelope::decode_base64(receipt["payload"].as_str().unwrap_or_default())
-            .unwrap_or_default(),
+        &tourniquet::command::envelope::decode_base64(
+            receipt["payload"].as_str().unwrap_or_default(),
+        )
+        .unwrap_or_default(),
     )
     .unwrap_or_default();
     if receipt_payload["reason_code"] != c.reason || receipt_payload["decision"] != "rejected" {
@@ -630,7 +638,7 @@ fn every_rejection_reason_changes_nothing_and_leaves_a_receipt() {
     // Every reason but policy_expired (its own test: it needs an expired
     // policy), halted (a fleet rollout's; tests/fleet.rs covers it) and
     // storage_unavailable (a state dir that cannot be written; tests/storage.rs).
-    for r in tourniquet::rejection::Reason::ALL {
+    for r in tourniquet::command::rejection::Reason::ALL {
         if !matches!(
             r.code(),
             "policy_expired" | "halted" | "storage_unavailable"

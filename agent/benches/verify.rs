@@ -2,10 +2,10 @@
 //! payload parse, with one and with two signatures.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use tourniquet::envelope::{self, Envelope, COMMAND_NAMESPACE, COMMAND_PAYLOAD_TYPE};
-use tourniquet::keys::{generate_keypair, Signer};
-use tourniquet::payload::Timestamp;
-use tourniquet::policy::Policy;
+use tourniquet::command::envelope::{self, Envelope, COMMAND_NAMESPACE, COMMAND_PAYLOAD_TYPE};
+use tourniquet::command::payload::Timestamp;
+use tourniquet::trust::keys::{generate_keypair, Signer};
+use tourniquet::trust::policy::Policy;
 
 fn bench_verify(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");

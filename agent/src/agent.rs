@@ -11,15 +11,15 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use crate::command::envelope::sha256_hex;
+use crate::command::payload::Timestamp;
 use crate::config::AgentConfig;
-use crate::envelope::sha256_hex;
 use crate::lifecycle::clock::SystemClock;
 use crate::lifecycle::store::Store;
 use crate::lifecycle::{Identity, Lifecycle, Resource};
-use crate::payload::Timestamp;
-use crate::policy::Policy;
 use crate::telemetry::Probes;
 use crate::transport;
+use crate::trust::policy::Policy;
 
 /// Loads the policy, naming the file in any error.
 pub fn load_policy(path: &Path) -> Result<(Policy, String), String> {
@@ -288,8 +288,8 @@ fn print_banner(
         out.push_str(&format!(
             "  fleet:    {} on {} (subject {})\n",
             n.fleet,
-            crate::fleet::redact_url(&n.url),
-            crate::fleet::command_subject(&n.fleet)
+            crate::transport::nats::fleet::redact_url(&n.url),
+            crate::transport::nats::fleet::command_subject(&n.fleet)
         ));
     }
     if let Some(i) = &cfg.inbox {
@@ -298,7 +298,7 @@ fn print_banner(
     out.push_str(&format!("  state:    {}\n", cfg.agent.state_dir.display()));
     out.push_str(&format!(
         "  agent key: {}\n",
-        crate::envelope::fingerprint(lc.identity().key.public_key().key_data())
+        crate::command::envelope::fingerprint(lc.identity().key.public_key().key_data())
     ));
     print!("{out}");
     use std::io::Write;

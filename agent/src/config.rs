@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use tourniquet_providers::ResourceConfig;
 
-use crate::payload::Guard;
+use crate::command::payload::Guard;
 
 /// Why a config was refused.
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +60,7 @@ pub struct AgentConfig {
 pub struct RetentionSection {
     /// Sealed audit segments older than this are deleted (default 90d).
     #[serde(default = "default_audit_age")]
-    pub audit: crate::payload::HumanDuration,
+    pub audit: crate::command::payload::HumanDuration,
     /// Most sealed audit segments kept (default 16).
     #[serde(default = "default_audit_segments")]
     pub audit_segments: usize,
@@ -70,14 +70,14 @@ pub struct RetentionSection {
     pub audit_segment_bytes: u64,
     /// Receipts older than this are deleted, a segment at a time (default 30d).
     #[serde(default = "default_receipts_age")]
-    pub receipts: crate::payload::HumanDuration,
+    pub receipts: crate::command::payload::HumanDuration,
     /// Most receipts kept, a segment at a time (default 100000).
     #[serde(default = "default_receipts_count")]
     pub receipts_count: u64,
 }
 
-fn default_audit_age() -> crate::payload::HumanDuration {
-    crate::payload::HumanDuration(std::time::Duration::from_secs(90 * 24 * 3600))
+fn default_audit_age() -> crate::command::payload::HumanDuration {
+    crate::command::payload::HumanDuration(std::time::Duration::from_secs(90 * 24 * 3600))
 }
 fn default_audit_segments() -> usize {
     16
@@ -85,8 +85,8 @@ fn default_audit_segments() -> usize {
 fn default_audit_segment_bytes() -> u64 {
     64 * 1024 * 1024
 }
-fn default_receipts_age() -> crate::payload::HumanDuration {
-    crate::payload::HumanDuration(std::time::Duration::from_secs(30 * 24 * 3600))
+fn default_receipts_age() -> crate::command::payload::HumanDuration {
+    crate::command::payload::HumanDuration(std::time::Duration::from_secs(30 * 24 * 3600))
 }
 fn default_receipts_count() -> u64 {
     100_000
@@ -145,7 +145,7 @@ impl RetentionSection {
     }
 }
 
-/// `[nats]`: fleet commands over NATS JetStream (see `crate::fleet`).
+/// `[nats]`: fleet commands over NATS JetStream (see `crate::transport::nats::fleet`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsSection {
@@ -164,30 +164,30 @@ pub struct NatsSection {
     pub create_streams: bool,
     /// Upper bound of the jittered reconnect backoff. Default 30s.
     #[serde(default = "default_max_reconnect")]
-    pub max_reconnect_delay: crate::payload::HumanDuration,
+    pub max_reconnect_delay: crate::command::payload::HumanDuration,
     /// How often the agent announces itself on `tourniquet.hb.<agent-id>`. Default 30s.
     #[serde(default = "default_heartbeat")]
-    pub heartbeat: crate::payload::HumanDuration,
+    pub heartbeat: crate::command::payload::HumanDuration,
     /// Receipts kept on disk while NATS is unreachable; beyond it the oldest
     /// are dropped (they stay in the receipts dir). Default 10000.
     #[serde(default = "default_spool_limit")]
     pub spool_limit: usize,
     /// Timeout of each JetStream request (ack, direct get). Default 5s.
     #[serde(default = "default_request_timeout")]
-    pub request_timeout: crate::payload::HumanDuration,
+    pub request_timeout: crate::command::payload::HumanDuration,
 }
 
-fn default_max_reconnect() -> crate::payload::HumanDuration {
-    crate::payload::HumanDuration(std::time::Duration::from_secs(30))
+fn default_max_reconnect() -> crate::command::payload::HumanDuration {
+    crate::command::payload::HumanDuration(std::time::Duration::from_secs(30))
 }
-fn default_heartbeat() -> crate::payload::HumanDuration {
-    crate::payload::HumanDuration(std::time::Duration::from_secs(30))
+fn default_heartbeat() -> crate::command::payload::HumanDuration {
+    crate::command::payload::HumanDuration(std::time::Duration::from_secs(30))
 }
 fn default_spool_limit() -> usize {
     10_000
 }
-fn default_request_timeout() -> crate::payload::HumanDuration {
-    crate::payload::HumanDuration(std::time::Duration::from_secs(5))
+fn default_request_timeout() -> crate::command::payload::HumanDuration {
+    crate::command::payload::HumanDuration(std::time::Duration::from_secs(5))
 }
 
 /// `[agent]`: identity and where state lives.
@@ -234,12 +234,12 @@ pub struct ApiSection {
     /// connection). Past it the agent answers 408 `request_timeout` if it
     /// can, and closes the connection. 1s to 1h; default 10s.
     #[serde(default = "default_read_timeout", deserialize_with = "api_timeout")]
-    pub read_timeout: crate::payload::HumanDuration,
+    pub read_timeout: crate::command::payload::HumanDuration,
     /// How long a keep-alive connection may wait for its next request, and
     /// how long writing an answer may stall on a client that does not read.
     /// 1s to 1h; default 30s.
     #[serde(default = "default_idle_timeout", deserialize_with = "api_timeout")]
-    pub idle_timeout: crate::payload::HumanDuration,
+    pub idle_timeout: crate::command::payload::HumanDuration,
     /// Connections served at once (1 to 65536; default 256). At the cap a
     /// new connection closes the one that has waited longest on its client
     /// (see `transport::http`), so `/healthz` and a signed command still get
@@ -261,11 +261,11 @@ const API_TIMEOUT_MAX: std::time::Duration = std::time::Duration::from_secs(3600
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 7370))
 }
-fn default_read_timeout() -> crate::payload::HumanDuration {
-    crate::payload::HumanDuration(std::time::Duration::from_secs(10))
+fn default_read_timeout() -> crate::command::payload::HumanDuration {
+    crate::command::payload::HumanDuration(std::time::Duration::from_secs(10))
 }
-fn default_idle_timeout() -> crate::payload::HumanDuration {
-    crate::payload::HumanDuration(std::time::Duration::from_secs(30))
+fn default_idle_timeout() -> crate::command::payload::HumanDuration {
+    crate::command::payload::HumanDuration(std::time::Duration::from_secs(30))
 }
 fn default_max_connections() -> usize {
     256
@@ -275,8 +275,8 @@ fn default_max_connections() -> usize {
 /// deadline off (`0s`) or make it useless (`300years`).
 fn api_timeout<'de, D: serde::Deserializer<'de>>(
     d: D,
-) -> Result<crate::payload::HumanDuration, D::Error> {
-    let v = crate::payload::HumanDuration::deserialize(d)?;
+) -> Result<crate::command::payload::HumanDuration, D::Error> {
+    let v = crate::command::payload::HumanDuration::deserialize(d)?;
     if !(API_TIMEOUT_MIN..=API_TIMEOUT_MAX).contains(&v.0) {
         return Err(serde::de::Error::custom(format!(
             "{v} is out of bounds: use 1s to 1h"
@@ -455,7 +455,7 @@ impl AgentConfig {
             }
         }
         if let Some(n) = &self.nats {
-            if !crate::fleet::valid_token(&n.fleet) {
+            if !crate::transport::nats::fleet::valid_token(&n.fleet) {
                 return Err(invalid(
                     "nats.fleet".into(),
                     format!(
@@ -480,7 +480,7 @@ impl AgentConfig {
                 ));
             }
             if let Some(id) = &self.agent.id {
-                if !crate::fleet::valid_token(id) {
+                if !crate::transport::nats::fleet::valid_token(id) {
                     return Err(invalid(
                         "agent.id".into(),
                         format!("{id:?}: a fleet agent's id is a subject token, so no dots"),

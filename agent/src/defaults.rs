@@ -7,7 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::config::AgentConfig;
-use crate::keys;
+use crate::trust::keys;
 
 /// Where the embedded default keeps everything.
 pub const DEFAULT_DIR: &str = ".tourniquet";

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use tourniquet_providers::SafeDir;
 
-use crate::keys::{self, KeyError, Signer};
+use crate::trust::keys::{self, KeyError, Signer};
 
 /// The lock file's name in the state dir.
 pub const LOCK_FILE: &str = "lock";

@@ -23,8 +23,8 @@ fuzz_target!(|data: &[u8]| {
         }
         // What the fleet transport does with the URL at start.
         if let Some(nats) = &cfg.nats {
-            let _ = tourniquet::fleet::split_userinfo(&nats.url);
-            let _ = tourniquet::fleet::redact_url(&nats.url);
+            let _ = tourniquet::transport::nats::fleet::split_userinfo(&nats.url);
+            let _ = tourniquet::transport::nats::fleet::redact_url(&nats.url);
         }
     }
 });

@@ -8,7 +8,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tourniquet::rejection::Reason;
+use tourniquet::command::rejection::Reason;
 
 fuzz_target!(|data: &[u8]| {
     let fx = tourniquet_fuzz::fixture();

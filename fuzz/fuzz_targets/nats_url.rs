@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tourniquet::fleet::{redact_url, split_userinfo, valid_token};
+use tourniquet::transport::nats::fleet::{redact_url, split_userinfo, valid_token};
 
 /// Everything after the first `://` of a URL.
 fn after_scheme(url: &str) -> &str {

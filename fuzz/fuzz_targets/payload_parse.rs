@@ -11,8 +11,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
-use tourniquet::fleet::{wave_of, wave_start};
-use tourniquet::payload::Payload;
+use tourniquet::transport::nats::fleet::{wave_of, wave_start};
+use tourniquet::command::payload::Payload;
 
 const CROCKFORD: &str = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 

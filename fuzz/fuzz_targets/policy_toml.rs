@@ -6,7 +6,7 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use tourniquet::policy::Policy;
+use tourniquet::trust::policy::Policy;
 
 /// A command signed by the fuzzing key (the key of the `fuzz` seeds).
 fn envelope() -> &'static [u8] {

@@ -8,7 +8,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use ssh_encoding::Encode;
-use tourniquet::envelope::{
+use tourniquet::command::envelope::{
     armor_signature, decode_signature, decode_sshsig_blob, verify_sshsig, COMMAND_NAMESPACE,
 };
 

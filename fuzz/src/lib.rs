@@ -15,10 +15,10 @@ use std::sync::OnceLock;
 
 use ssh_key::private::{Ed25519Keypair, KeypairData};
 use ssh_key::PrivateKey;
-use tourniquet::envelope::{self, Envelope, COMMAND_NAMESPACE, COMMAND_PAYLOAD_TYPE};
-use tourniquet::keys::Signer;
-use tourniquet::payload::Timestamp;
-use tourniquet::policy::Policy;
+use tourniquet::command::envelope::{self, Envelope, COMMAND_NAMESPACE, COMMAND_PAYLOAD_TYPE};
+use tourniquet::trust::keys::Signer;
+use tourniquet::command::payload::Timestamp;
+use tourniquet::trust::policy::Policy;
 
 /// The seed of the fuzzing operator key.
 const KEY_SEED: [u8; 32] = *b"tourniquet fuzz operator key 01!";

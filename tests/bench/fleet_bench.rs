@@ -33,8 +33,9 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
-use tourniquet::envelope::{self, Envelope, COMMAND_NAMESPACE, COMMAND_PAYLOAD_TYPE};
-use tourniquet::{fleet, transport};
+use tourniquet::command::envelope::{self, Envelope, COMMAND_NAMESPACE, COMMAND_PAYLOAD_TYPE};
+use tourniquet::transport;
+use tourniquet::transport::nats::fleet;
 
 /// Flags one round each: round 1 sets `new_flow` off, later rounds set
 /// `new_flow_2`, `new_flow_3`, … off, so no round supersedes an earlier
@@ -588,13 +589,13 @@ impl Worker {
 
 /// The bench operator's key and the policy every agent shares.
 struct Operator {
-    signer: tourniquet::keys::Signer,
+    signer: tourniquet::trust::keys::Signer,
     policy: PathBuf,
 }
 
 fn make_operator(dir: &Path) -> Operator {
     let key = dir.join("operator_ed25519");
-    let public = tourniquet::keys::generate_keypair(&key, "bench-operator")
+    let public = tourniquet::trust::keys::generate_keypair(&key, "bench-operator")
         .expect("generating the operator key");
     let policy = dir.join("policy.toml");
     std::fs::write(
@@ -619,7 +620,7 @@ threshold = 1
     )
     .expect("writing the policy");
     Operator {
-        signer: tourniquet::keys::Signer::load(&key).expect("loading the operator key"),
+        signer: tourniquet::trust::keys::Signer::load(&key).expect("loading the operator key"),
         policy,
     }
 }

@@ -29,8 +29,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tourniquet::envelope::{self, Envelope, COMMAND_NAMESPACE, COMMAND_PAYLOAD_TYPE};
-use tourniquet::keys::Signer;
+use tourniquet::command::envelope::{self, Envelope, COMMAND_NAMESPACE, COMMAND_PAYLOAD_TYPE};
+use tourniquet::trust::keys::Signer;
 use tourniquet_e2e::store::{dir_usage, DirUsage};
 use tourniquet_e2e::{http_get_status, payload, set_new_flow, Agent, Env};
 

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tempfile::TempDir;
-use tourniquet::envelope::{self, Envelope, COMMAND_NAMESPACE, COMMAND_PAYLOAD_TYPE};
-use tourniquet::keys::{self, Signer};
+use tourniquet::command::envelope::{self, Envelope, COMMAND_NAMESPACE, COMMAND_PAYLOAD_TYPE};
+use tourniquet::trust::keys::{self, Signer};
 
 /// The flags file every test starts from.
 pub const FLAGS: &str = r#"{

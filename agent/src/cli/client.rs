@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::{exit, render, CliResult, Conn, Failure, SendArgs, StatusArgs};
-use crate::envelope::Envelope;
+use crate::command::envelope::Envelope;
 
 /// Where an envelope goes.
 #[derive(Debug, Clone, PartialEq)]

@@ -9,12 +9,12 @@ use super::{
     client, exit, CliResult, Common, Failure, FlagCommand, NewArgs, RevertArgs, SignArgs,
     VerifyArgs,
 };
-use crate::envelope::{self, Envelope, COMMAND_NAMESPACE, COMMAND_PAYLOAD_TYPE};
-use crate::keys::{self, Signer};
-use crate::payload::{
+use crate::command::envelope::{self, Envelope, COMMAND_NAMESPACE, COMMAND_PAYLOAD_TYPE};
+use crate::command::payload::{
     Action, Guard, HumanDuration, OnBreach, Payload, Target, Timestamp, HALT_OP, REVERT_OP,
 };
-use crate::policy::Policy;
+use crate::trust::keys::{self, Signer};
+use crate::trust::policy::Policy;
 
 pub fn keygen(out: &Path, comment: &str) -> CliResult {
     let public = keys::generate_keypair(out, comment)?;
@@ -113,7 +113,7 @@ fn compose(common: &Common, actions: Vec<Action>) -> Result<Payload, Failure> {
 }
 
 /// `--waves 1,10,50,100 --wave-bake 60s --max-failures 0`.
-fn rollout(common: &Common) -> Result<Option<crate::payload::Rollout>, Failure> {
+fn rollout(common: &Common) -> Result<Option<crate::command::payload::Rollout>, Failure> {
     let Some(text) = &common.waves else {
         if common.wave_bake.is_some() || common.max_failures.is_some() {
             return Err(Failure::error(
@@ -137,7 +137,7 @@ fn rollout(common: &Common) -> Result<Option<crate::payload::Rollout>, Failure> 
         .map(HumanDuration::parse)
         .transpose()
         .map_err(|e| Failure::error(format!("--wave-bake: {e}")))?;
-    Ok(Some(crate::payload::Rollout {
+    Ok(Some(crate::command::payload::Rollout {
         waves,
         wave_bake,
         max_failures: common.max_failures.unwrap_or(0),
@@ -374,7 +374,7 @@ pub fn verify(args: VerifyArgs) -> CliResult {
             key.clone()
         };
         let env = Envelope::from_json(&bytes)?;
-        return match crate::receipt::verify_receipt(&env, &key_text) {
+        return match crate::lifecycle::receipt::verify_receipt(&env, &key_text) {
             Ok(receipt) => {
                 if args.json {
                     println!("{}", serde_json::to_string_pretty(&receipt)?);

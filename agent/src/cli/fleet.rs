@@ -10,10 +10,10 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 use super::{CliResult, Conn, Failure, FleetCommand, StatusArgs};
-use crate::envelope::Envelope;
-use crate::fleet;
-use crate::payload::{HumanDuration, Payload};
-use crate::receipt::Receipt;
+use crate::command::envelope::Envelope;
+use crate::command::payload::{HumanDuration, Payload};
+use crate::lifecycle::receipt::Receipt;
+use crate::transport::nats::fleet;
 use crate::transport::nats::{publish_acked, receipt_payload};
 
 pub async fn run(cmd: FleetCommand) -> CliResult {
@@ -344,7 +344,7 @@ pub fn fleet_view(
                 p.target.labels.iter().all(|(k, pat)| {
                     hb["labels"][k]
                         .as_str()
-                        .is_some_and(|v| crate::glob::glob_match(pat, v))
+                        .is_some_and(|v| crate::trust::glob::glob_match(pat, v))
                 })
             })
             .map(|(id, _)| id.clone())

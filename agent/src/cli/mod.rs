@@ -353,8 +353,8 @@ pub enum AuditCommand {
         /// How far back, e.g. 24h, 7d.
         #[arg(long, default_value = "24h")]
         since: String,
-        #[arg(long, value_enum, default_value_t = crate::audit_export::Format::Json)]
-        format: crate::audit_export::Format,
+        #[arg(long, value_enum, default_value_t = crate::audit::export::Format::Json)]
+        format: crate::audit::export::Format,
         /// Write here (0600) instead of stdout.
         #[arg(short = 'o', long = "out")]
         out: Option<PathBuf>,
@@ -405,7 +405,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             format,
             out,
         }) => {
-            crate::audit_export::run(state, &since, format, out.as_deref()).map_err(|e| Failure {
+            crate::audit::export::run(state, &since, format, out.as_deref()).map_err(|e| Failure {
                 code: if e.is_broken() {
                     exit::INVALID
                 } else {

@@ -11,9 +11,9 @@ use tracing::Instrument;
 use super::id::RecordId;
 use super::store::StoreError;
 use super::{Lifecycle, SettledReceipt};
-use crate::payload::OnBreach;
-use crate::receipt::Receipt;
-use crate::record::{CommandRecord, State};
+use crate::command::payload::OnBreach;
+use crate::lifecycle::receipt::Receipt;
+use crate::lifecycle::record::{CommandRecord, State};
 use crate::telemetry::{self, Verdict};
 
 /// Longest bake the agent will run, whatever a command asks.
@@ -157,7 +157,7 @@ impl Lifecycle {
             let roll_back = match verdict {
                 Verdict::Breach => g.on_breach == OnBreach::Rollback,
                 Verdict::Inconclusive => {
-                    g.on_inconclusive == crate::payload::OnInconclusive::Rollback
+                    g.on_inconclusive == crate::command::payload::OnInconclusive::Rollback
                 }
                 Verdict::Pass => false,
             };

@@ -6,12 +6,12 @@
 use tourniquet_providers::ProviderError;
 
 use super::Lifecycle;
-use crate::glob::glob_match;
-use crate::payload::{Guard, Payload, Target, HALT_OP, REVERT_OP};
-use crate::policy::Policy;
-use crate::record::{ActionRecord, CommandRecord};
-use crate::rejection::{Reason, Rejection};
+use crate::command::payload::{Guard, Payload, Target, HALT_OP, REVERT_OP};
+use crate::command::rejection::{Reason, Rejection};
+use crate::lifecycle::record::{ActionRecord, CommandRecord};
 use crate::telemetry;
+use crate::trust::glob::glob_match;
+use crate::trust::policy::Policy;
 
 /// Why planning stopped.
 pub(super) enum PlanError {
@@ -35,7 +35,7 @@ impl Lifecycle {
     pub(super) fn check_command(
         &self,
         p: &Payload,
-        signers: &[crate::policy::TrustedSigner],
+        signers: &[crate::trust::policy::TrustedSigner],
         policy: &Policy,
     ) -> Result<(), Rejection> {
         self.check_target(&p.target)?;
@@ -79,7 +79,7 @@ impl Lifecycle {
     fn check_actions(
         &self,
         p: &Payload,
-        signers: &[crate::policy::TrustedSigner],
+        signers: &[crate::trust::policy::TrustedSigner],
         policy: &Policy,
     ) -> Result<(), Rejection> {
         let reverts = p.actions.iter().filter(|a| a.op == REVERT_OP).count();

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use crate::payload::Timestamp;
+use crate::command::payload::Timestamp;
 
 /// Wall-clock time for records and holds.
 pub trait Clock: Send + Sync + 'static {

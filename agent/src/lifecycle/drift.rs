@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::execute::spec_of;
 use super::Lifecycle;
-use crate::record::{CommandRecord, DriftEvent, MAX_DRIFT_EVENTS};
+use crate::lifecycle::record::{CommandRecord, DriftEvent, MAX_DRIFT_EVENTS};
 
 /// What identifies one version of a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,8 +12,8 @@ use tourniquet_providers::ActionSpec;
 
 use super::locks::ResourceGuard;
 use super::Lifecycle;
-use crate::payload::REVERT_OP;
-use crate::record::{ActionRecord, CommandRecord, State};
+use crate::command::payload::REVERT_OP;
+use crate::lifecycle::record::{ActionRecord, CommandRecord, State};
 
 pub(super) fn spec_of(a: &ActionRecord) -> ActionSpec {
     ActionSpec {

@@ -27,6 +27,8 @@ mod drift;
 mod execute;
 pub mod id;
 pub mod locks;
+pub mod receipt;
+pub mod record;
 mod recovery;
 pub mod store;
 
@@ -43,15 +45,15 @@ use tokio::sync::watch;
 use tourniquet_providers::Provider;
 use tracing::Instrument;
 
-use crate::envelope::{sha256_hex, Envelope};
-use crate::keys::Signer;
-use crate::metrics::Metrics;
-use crate::payload::{Guard, Payload, Timestamp, REVERT_OP};
-use crate::policy::{Policy, MAX_ENVELOPE_BYTES};
-use crate::receipt::AgentRef;
-use crate::record::{CommandRecord, State};
-use crate::rejection::{Reason, Rejection};
+use crate::command::envelope::{sha256_hex, Envelope};
+use crate::command::payload::{Guard, Payload, Timestamp, REVERT_OP};
+use crate::command::rejection::{Reason, Rejection};
+use crate::lifecycle::receipt::AgentRef;
+use crate::lifecycle::record::{CommandRecord, State};
+use crate::telemetry::metrics::Metrics;
 use crate::telemetry::Probes;
+use crate::trust::keys::Signer;
+use crate::trust::policy::{Policy, MAX_ENVELOPE_BYTES};
 
 use clock::Clock;
 use id::RecordId;
@@ -102,7 +104,7 @@ pub enum Submission {
 /// that judged it.
 #[derive(Clone)]
 pub struct Peeked {
-    pub verified: crate::policy::VerifiedCommand,
+    pub verified: crate::trust::policy::VerifiedCommand,
     policy: Arc<Policy>,
 }
 
@@ -449,7 +451,7 @@ impl Lifecycle {
             hold_until: None,
             reason: None,
             message: None,
-            timeline: vec![crate::record::Transition {
+            timeline: vec![crate::lifecycle::record::Transition {
                 state: State::Received,
                 at: now,
                 note: None,

@@ -17,7 +17,7 @@ use futures_util::FutureExt;
 use serde_json::json;
 
 use super::Lifecycle;
-use crate::record::{CommandRecord, State};
+use crate::lifecycle::record::{CommandRecord, State};
 
 impl Lifecycle {
     /// What a crash left unsettled, oldest first. Take it before any

@@ -16,13 +16,13 @@ use tourniquet_providers::{ActionSpec, Provider, ProviderError, State as PState}
 use super::clock::{Clock, TokioClock};
 use super::store::{Store, StoreLimits};
 use super::{Identity, Lifecycle, Resource, Submission};
-use crate::envelope::{Envelope, COMMAND_NAMESPACE, COMMAND_PAYLOAD_TYPE};
-use crate::keys::{self, Signer};
-use crate::payload::Timestamp;
-use crate::policy::Policy;
-use crate::record::State;
-use crate::rejection::Reason;
+use crate::command::envelope::{Envelope, COMMAND_NAMESPACE, COMMAND_PAYLOAD_TYPE};
+use crate::command::payload::Timestamp;
+use crate::command::rejection::Reason;
+use crate::lifecycle::record::State;
 use crate::telemetry::Probes;
+use crate::trust::keys::{self, Signer};
+use crate::trust::policy::Policy;
 
 /// Flags in memory: `flag.set {flag, variant}`. The variant `panic` makes
 /// apply panic; a probe reads 1.0 while any flag is `bad`.
@@ -192,7 +192,7 @@ impl Rig {
             .operator
             .sign(
                 COMMAND_NAMESPACE,
-                &crate::envelope::pae(COMMAND_PAYLOAD_TYPE, &bytes),
+                &crate::command::envelope::pae(COMMAND_PAYLOAD_TYPE, &bytes),
             )
             .unwrap();
         env.add_signature(&sig).unwrap();
@@ -469,7 +469,7 @@ fn memory_and_journal_stay_bounded_over_many_commands() {
             .unwrap_or_else(|| panic!("{first} is not archived: {listing:?}"));
         assert_eq!(
             view["receipt"]["payloadType"],
-            crate::envelope::RECEIPT_PAYLOAD_TYPE
+            crate::command::envelope::RECEIPT_PAYLOAD_TYPE
         );
     });
 }

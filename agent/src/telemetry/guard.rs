@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::{ProbeSample, Unit, MAX_RAW_SAMPLES};
-use crate::payload::{Check, Guard, Threshold, Timestamp};
+use crate::command::payload::{Check, Guard, Threshold, Timestamp};
 
 /// Consecutive breaching rounds that abort the bake at once.
 pub const ABORT_AFTER_CONSECUTIVE: u32 = 2;
@@ -252,7 +252,7 @@ impl Judgement {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::payload::OnBreach;
+    use crate::command::payload::OnBreach;
 
     fn sample(name: &str, v: Option<f64>) -> ProbeSample {
         ProbeSample {

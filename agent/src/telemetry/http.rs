@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{percentile, round6, ProbeSample, Unit, MAX_RAW_SAMPLES};
-use crate::payload::{HumanDuration, Timestamp};
+use crate::command::payload::{HumanDuration, Timestamp};
 
 /// An `http` probe.
 ///

@@ -12,6 +12,7 @@
 
 pub mod guard;
 pub mod http;
+pub mod metrics;
 pub mod prometheus;
 pub mod promql;
 
@@ -26,7 +27,7 @@ pub use guard::{
 };
 pub use http::HttpProbeConfig;
 
-use crate::payload::Timestamp;
+use crate::command::payload::Timestamp;
 
 /// Most raw observations kept per probe sample or check in a receipt.
 pub const MAX_RAW_SAMPLES: usize = 50;

@@ -27,8 +27,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{round6, ProbeSample, Unit};
-use crate::glob::glob_match;
-use crate::payload::{HumanDuration, Timestamp};
+use crate::command::payload::{HumanDuration, Timestamp};
+use crate::trust::glob::glob_match;
 
 /// Largest exposition read; a bigger one makes the sample unreadable.
 pub const MAX_EXPOSITION_BYTES: usize = 8 * 1024 * 1024;

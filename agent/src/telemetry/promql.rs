@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use super::error_chain;
 use super::{round6, ProbeSample, Unit};
-use crate::payload::{HumanDuration, Timestamp};
+use crate::command::payload::{HumanDuration, Timestamp};
 
 /// Largest API answer read.
 pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;

@@ -71,11 +71,11 @@ use tokio::task::AbortHandle;
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 
+use crate::command::payload::Timestamp;
 use crate::config::ApiSection;
+use crate::lifecycle::record::CommandRecord;
 use crate::lifecycle::{Lifecycle, Submission};
-use crate::payload::Timestamp;
-use crate::policy::MAX_ENVELOPE_BYTES;
-use crate::record::CommandRecord;
+use crate::trust::policy::MAX_ENVELOPE_BYTES;
 
 /// Longest `?wait=` a client may ask for.
 const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -888,7 +888,7 @@ fn hotfixes(lc: &Lifecycle) -> Resp {
                 "issuer": r.payload.as_ref().map(|p| p.issuer.clone()),
                 "reason": r.payload.as_ref().map(|p| p.reason.clone()),
                 "actions": r.actions.iter().map(|a| json!({"resource": a.resource, "op": a.op, "params": a.params, "before": a.before, "after": a.after})).collect::<Vec<_>>(),
-                "applied_at": r.timeline.iter().rev().find(|t| t.state == crate::record::State::Applied).map(|t| t.at),
+                "applied_at": r.timeline.iter().rev().find(|t| t.state == crate::lifecycle::record::State::Applied).map(|t| t.at),
                 "hold_until": r.hold_until,
                 "hold_left_s": hold_left(r),
             })
@@ -910,7 +910,7 @@ fn identity(lc: &Lifecycle) -> Resp {
             "agent_id": id.id,
             "labels": id.labels,
             "public_key": lc.agent_ref().key,
-            "fingerprint": crate::envelope::fingerprint(id.key.public_key().key_data()),
+            "fingerprint": crate::command::envelope::fingerprint(id.key.public_key().key_data()),
             "policy_sha256": lc.policy_sha256(),
             "resources": resources,
             "probes": lc.probes().names().collect::<Vec<_>>(),

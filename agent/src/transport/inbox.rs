@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::lifecycle::{Lifecycle, Submission};
-use crate::policy::MAX_ENVELOPE_BYTES;
+use crate::trust::policy::MAX_ENVELOPE_BYTES;
 
 /// Watches `dir`, processing what is there now and whatever arrives.
 pub async fn run(lc: Arc<Lifecycle>, dir: PathBuf) -> Result<(), String> {

@@ -15,9 +15,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::audit::AuditHead;
+use crate::command::payload::Timestamp;
 use crate::lifecycle::id::RecordId;
-use crate::payload::Timestamp;
-use crate::record::{ActionRecord, CommandRecord, DriftEvent, State, Transition};
+use crate::lifecycle::record::{ActionRecord, CommandRecord, DriftEvent, State, Transition};
 use crate::telemetry::TelemetryReport;
 
 /// One journal line, as read back.

@@ -43,9 +43,9 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::audit::{AuditError, AuditHead, AuditLimits, AuditLog};
+use crate::command::payload::Timestamp;
 use crate::lifecycle::id::RecordId;
-use crate::payload::Timestamp;
-use crate::record::CommandRecord;
+use crate::lifecycle::record::CommandRecord;
 
 use journal::{Folded, Line, LineRef};
 use receipts::{ReceiptArchive, ReceiptLimits};

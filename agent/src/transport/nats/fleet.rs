@@ -13,7 +13,7 @@ use std::time::Duration;
 use async_nats::jetstream::stream::{Config, DiscardPolicy, Republish, StorageType};
 use sha2::{Digest, Sha256};
 
-use crate::payload::{Payload, Timestamp};
+use crate::command::payload::{Payload, Timestamp};
 
 /// The stream that is the log of fleet commands.
 pub const CMD_STREAM: &str = "TOURNIQUET_CMD";

@@ -366,7 +366,7 @@ impl<'de> Deserialize<'de> for Percent {
     }
 }
 
-/// Fleet waves, honoured by the NATS transport (`crate::fleet`): an agent
+/// Fleet waves, honoured by the NATS transport (`crate::transport::nats::fleet`): an agent
 /// joins the first wave `w` with `hash(command, agent) mod 100 < w`, and
 /// wave k starts `k × wave_bake` after `not_before`. The HTTP API and the
 /// inbox talk to one agent and apply at once.

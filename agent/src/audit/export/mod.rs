@@ -37,8 +37,10 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::audit::{self, AuditEntry, AuditError};
-use crate::envelope::{self, sha256_hex, Envelope, RECEIPT_NAMESPACE, RECEIPT_PAYLOAD_TYPE};
-use crate::payload::Timestamp;
+use crate::command::envelope::{
+    self, sha256_hex, Envelope, RECEIPT_NAMESPACE, RECEIPT_PAYLOAD_TYPE,
+};
+use crate::command::payload::Timestamp;
 
 /// Output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -892,8 +894,8 @@ pub fn run(
 mod tests {
     use super::*;
     use crate::audit::AuditLog;
-    use crate::envelope::COMMAND_PAYLOAD_TYPE;
-    use crate::keys::{self, Signer};
+    use crate::command::envelope::COMMAND_PAYLOAD_TYPE;
+    use crate::trust::keys::{self, Signer};
     use serde_json::json;
 
     /// A state dir with an agent key, an audit log written through

@@ -13,11 +13,11 @@ use serde::Deserialize;
 use ssh_key::public::KeyData;
 use ssh_key::PublicKey;
 
+use crate::command::envelope::{self, Envelope, COMMAND_NAMESPACE, COMMAND_PAYLOAD_TYPE};
+use crate::command::payload::{HumanDuration, Payload, Timestamp};
+use crate::command::rejection::{Reason, Rejection};
 use crate::config::toml_error;
-use crate::envelope::{self, Envelope, COMMAND_NAMESPACE, COMMAND_PAYLOAD_TYPE};
-use crate::glob::glob_match;
-use crate::payload::{HumanDuration, Payload, Timestamp};
-use crate::rejection::{Reason, Rejection};
+use crate::trust::glob::glob_match;
 
 /// Largest envelope accepted, in bytes. Real commands are a few KiB.
 pub const MAX_ENVELOPE_BYTES: usize = 64 * 1024;
@@ -487,7 +487,7 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::envelope::COMMAND_PAYLOAD_TYPE;
+    use crate::command::envelope::COMMAND_PAYLOAD_TYPE;
     use base64::engine::general_purpose::STANDARD;
     use base64::Engine;
     use rand_core::OsRng;

@@ -9,12 +9,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::audit::AuditHead;
-use crate::envelope::{self, Envelope, RECEIPT_NAMESPACE, RECEIPT_PAYLOAD_TYPE};
-use crate::keys::{KeyError, Signer};
-use crate::payload::Timestamp;
-use crate::record::{CommandRecord, Transition};
-use crate::rejection::Rejection;
+use crate::command::envelope::{self, Envelope, RECEIPT_NAMESPACE, RECEIPT_PAYLOAD_TYPE};
+use crate::command::payload::Timestamp;
+use crate::command::rejection::Rejection;
+use crate::lifecycle::record::{CommandRecord, Transition};
 use crate::telemetry::TelemetryReport;
+use crate::trust::keys::{KeyError, Signer};
 
 /// Receipt payload v1.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -165,12 +165,12 @@ impl Receipt {
             related_command: None,
             timeline: vec![
                 Transition {
-                    state: crate::record::State::Received,
+                    state: crate::lifecycle::record::State::Received,
                     at: received_at,
                     note: None,
                 },
                 Transition {
-                    state: crate::record::State::Rejected,
+                    state: crate::lifecycle::record::State::Rejected,
                     at: Timestamp::now(),
                     note: Some(rejection.reason.code().into()),
                 },

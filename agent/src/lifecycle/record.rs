@@ -7,11 +7,11 @@ use serde_json::{Map, Value};
 
 use std::sync::Arc;
 
+use crate::command::payload::{Guard, Payload, Timestamp};
+use crate::command::rejection::Reason;
 use crate::lifecycle::id::RecordId;
-use crate::payload::{Guard, Payload, Timestamp};
-use crate::policy::TrustedSigner;
-use crate::rejection::Reason;
 use crate::telemetry::TelemetryReport;
+use crate::trust::policy::TrustedSigner;
 
 /// Where a command is in its lifecycle (DESIGN §5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -16,6 +16,8 @@
 //! hash) is also kept in every signed receipt and in a checkpoint in the
 //! journal, and `verify` compares the log against that checkpoint.
 
+pub mod export;
+
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -25,8 +27,8 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::envelope::sha256_hex;
-use crate::payload::Timestamp;
+use crate::command::envelope::sha256_hex;
+use crate::command::payload::Timestamp;
 
 /// The `prev` of the first entry.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";

@@ -16,6 +16,8 @@
 //! the transport reads a verified copy ([`Lifecycle::peek`]) only to decide
 //! whether the command is for this agent and, for waved rollouts, when.
 
+pub mod fleet;
+
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -28,13 +30,12 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch, Notify};
 
+use crate::command::envelope::{sha256_hex, Envelope};
+use crate::command::payload::{Payload, Timestamp, HALT_OP};
+use crate::command::rejection::{Reason, Rejection};
 use crate::config::NatsSection;
-use crate::envelope::{sha256_hex, Envelope};
-use crate::fleet;
+use crate::lifecycle::receipt::Receipt;
 use crate::lifecycle::{Lifecycle, SettledReceipt};
-use crate::payload::{Payload, Timestamp, HALT_OP};
-use crate::receipt::Receipt;
-use crate::rejection::{Reason, Rejection};
 
 /// How many envelope hashes the transport remembers to drop redeliveries.
 const SEEN_LIMIT: usize = 20_000;
@@ -430,7 +431,7 @@ impl Shared {
     }
 
     /// A signed `halt`: later waves of `target` will not start here.
-    fn halt(&self, p: &Payload, target: &str, signers: &[crate::policy::TrustedSigner]) {
+    fn halt(&self, p: &Payload, target: &str, signers: &[crate::trust::policy::TrustedSigner]) {
         if let Err(rej) = self.lc.policy().authorize(HALT_OP, "*", signers) {
             tracing::warn!(command = %p.id, reason = rej.reason.code(), "fleet: halt refused");
             self.lc.audit_event(
