@@ -237,6 +237,30 @@ impl ResourceConfig {
         }
     }
 
+    /// The ops this kind of resource supports, so `agent --check` can say
+    /// when a policy permits an op that no declared resource has.
+    pub fn supported_ops(&self) -> &'static [&'static str] {
+        match self {
+            ResourceConfig::FlagsFile(_) => &["flag.set", "flag.state"],
+            ResourceConfig::Nginx(_) => &["nginx.deny", "nginx.brownout"],
+            ResourceConfig::Varnish(_)
+            | ResourceConfig::Fastly(_)
+            | ResourceConfig::Cloudflare(_) => &["cdn.purge"],
+            #[cfg(feature = "aws")]
+            ResourceConfig::AwsSecretsManager(_) => &["secret.rollback"],
+            #[cfg(feature = "aws")]
+            ResourceConfig::AwsLambda(_) => &["lambda.alias", "lambda.concurrency"],
+            #[cfg(feature = "aws")]
+            ResourceConfig::AwsWafv2(_) => &["waf.block"],
+            #[cfg(feature = "aws")]
+            ResourceConfig::AwsCloudFront(_) => &["cdn.purge"],
+            #[cfg(feature = "aws")]
+            ResourceConfig::AwsAutoScaling(_) => &["asg.cap"],
+            #[cfg(not(feature = "aws"))]
+            ResourceConfig::AwsNotBuilt(never) => match *never {},
+        }
+    }
+
     /// What the agent's banner says about the resource.
     pub fn detail(&self) -> String {
         match self {
