@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{exit, render, CliResult, Conn, Failure, SendArgs, StatusArgs};
+use super::{exit, render, CliResult, Conn, Failure};
 use crate::command::envelope::Envelope;
 
 /// Where an envelope goes.
@@ -34,7 +34,7 @@ impl Destination {
     }
 }
 
-fn http_client(conn: &Conn) -> Result<reqwest::Client, Failure> {
+pub(super) fn http_client(conn: &Conn) -> Result<reqwest::Client, Failure> {
     let mut b = reqwest::Client::builder()
         .no_proxy()
         .use_rustls_tls()
@@ -61,7 +61,7 @@ fn http_client(conn: &Conn) -> Result<reqwest::Client, Failure> {
         .map_err(|e| Failure::error(format!("HTTP client: {e}")))
 }
 
-async fn get_json(client: &reqwest::Client, url: &str) -> Result<(u16, Value), Failure> {
+pub(super) async fn get_json(client: &reqwest::Client, url: &str) -> Result<(u16, Value), Failure> {
     let resp = client
         .get(url)
         .send()
@@ -225,47 +225,4 @@ fn outcome_code(record: &Value) -> CliResult {
         }),
         _ => Ok(()),
     }
-}
-
-pub async fn send_file(args: SendArgs) -> CliResult {
-    let bytes = std::fs::read(&args.envelope)
-        .map_err(|e| Failure::error(format!("{}: {e}", args.envelope.display())))?;
-    let env = Envelope::from_json(&bytes)
-        .map_err(|e| Failure::error(format!("{}: {e}", args.envelope.display())))?;
-    deliver(&env, &args.to, &args.conn, args.no_wait).await
-}
-
-pub async fn status(args: StatusArgs) -> CliResult {
-    if let Some(url) = &args.nats {
-        return super::fleet::status(&args, url).await;
-    }
-    let client = http_client(&args.conn)?;
-    let base = args.agent.trim_end_matches('/');
-    match &args.id {
-        Some(id) => {
-            let (code, record) = get_json(&client, &format!("{base}/v1/commands/{id}")).await?;
-            if code != 200 {
-                return Err(Failure::error(
-                    record
-                        .get("message")
-                        .and_then(Value::as_str)
-                        .unwrap_or("not found"),
-                ));
-            }
-            if args.conn.json {
-                println!("{}", serde_json::to_string_pretty(&record)?);
-            } else {
-                print!("{}", render::record(&record));
-            }
-        }
-        None => {
-            let (_, body) = get_json(&client, &format!("{base}/v1/hotfixes")).await?;
-            if args.conn.json {
-                println!("{}", serde_json::to_string_pretty(&body)?);
-            } else {
-                print!("{}", render::hotfixes(&body));
-            }
-        }
-    }
-    Ok(())
 }

@@ -9,12 +9,46 @@ use async_nats::jetstream::{self, context::Context, stream::DirectGetErrorKind};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-use super::{CliResult, Conn, Failure, FleetCommand, StatusArgs};
+use clap::Subcommand;
+
+use super::status::StatusArgs;
+use super::{CliResult, Conn, Failure};
 use crate::command::envelope::Envelope;
 use crate::command::payload::{HumanDuration, Payload};
 use crate::lifecycle::receipt::Receipt;
 use crate::transport::nats::fleet;
 use crate::transport::nats::{publish_acked, receipt_payload};
+
+#[derive(Subcommand, Debug)]
+pub enum FleetCommand {
+    /// Create or update the TOURNIQUET_CMD and TOURNIQUET_RECEIPTS streams (an operator action).
+    Init {
+        /// The NATS server, e.g. nats://127.0.0.1:4222.
+        #[arg(long)]
+        nats: String,
+        /// How long commands stay in the stream; must exceed the policy's max_ttl.
+        #[arg(long, default_value = "24h")]
+        max_age: String,
+        /// How long receipts stay in the stream.
+        #[arg(long, default_value = "30d")]
+        receipt_max_age: String,
+        /// Stream replicas (1 for a single server; 3 in a cluster).
+        #[arg(long, default_value_t = 1)]
+        replicas: usize,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// List agents seen recently (their heartbeats), with labels and active hotfixes.
+    Ls {
+        #[arg(long)]
+        nats: String,
+        /// How long to listen for heartbeats after asking every agent for one.
+        #[arg(long, default_value = "2s")]
+        listen: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
 
 pub async fn run(cmd: FleetCommand) -> CliResult {
     match cmd {

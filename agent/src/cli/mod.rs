@@ -4,10 +4,20 @@
 //! types at 3 a.m. Human output by default, `--json` for scripts, and a
 //! one-line reason with a non-zero exit code on every failure.
 
+mod agent;
+mod audit;
 mod client;
 mod compose;
+mod flag;
 mod fleet;
+mod keygen;
+mod new;
 mod render;
+mod revert;
+mod send;
+mod sign;
+mod status;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -61,73 +71,32 @@ pub enum LogFormat {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the agent. Without --config: the embedded demo under ./.tourniquet (dev trust).
-    Agent(AgentArgs),
+    Agent(agent::AgentArgs),
     /// Create an OpenSSH ed25519 key pair (FILE and FILE.pub) for automation.
-    Keygen {
-        /// Where to write the private key (0600); the public key goes to FILE.pub.
-        #[arg(long)]
-        out: PathBuf,
-        /// Comment stored in the key.
-        #[arg(long, default_value = "tourniquet-operator")]
-        comment: String,
-    },
+    Keygen(keygen::KeygenArgs),
     /// Flip a flag in a flags-file resource: compose, sign and (with --send) send.
     #[command(subcommand)]
-    Flag(FlagCommand),
+    Flag(flag::FlagCommand),
     /// Write an unsigned command payload, for review and co-signing.
-    New(NewArgs),
+    New(new::NewArgs),
     /// Sign a payload into an envelope, add a co-signature, or show the bytes to sign.
-    Sign(SignArgs),
+    Sign(sign::SignArgs),
     /// Offline: would an agent with this policy accept the envelope, and why not?
-    Verify(VerifyArgs),
+    Verify(verify::VerifyArgs),
     /// Send a signed envelope to an agent (http[s]://HOST:PORT), an inbox (dir:PATH) or a fleet (nats://HOST:PORT).
-    Send(SendArgs),
+    Send(send::SendArgs),
     /// Show a command's state and receipt, or the agent's active hotfixes.
-    Status(StatusArgs),
+    Status(status::StatusArgs),
     /// Undo an earlier command on the agent (a signed `revert`).
-    Revert(RevertArgs),
+    Revert(revert::RevertArgs),
     /// Stop a fleet rollout: agents whose wave has not started report `halted`.
-    Halt(RevertArgs),
+    Halt(revert::RevertArgs),
     /// Fleet tools over NATS JetStream: create the streams, list agents.
     #[command(subcommand)]
-    Fleet(FleetCommand),
+    Fleet(fleet::FleetCommand),
     /// Audit log tools.
     #[command(subcommand)]
-    Audit(AuditCommand),
-}
-
-#[derive(Args, Debug)]
-pub struct AgentArgs {
-    /// Agent config (agent.toml). Without it, the embedded default runs.
-    #[arg(long, short)]
-    pub config: Option<PathBuf>,
-    /// Validate the config and its policy, then exit.
-    #[arg(long)]
-    pub check: bool,
-    /// Listen here instead of [api].listen (e.g. 127.0.0.1:7371).
-    #[arg(long, value_name = "ADDR")]
-    pub listen: Option<std::net::SocketAddr>,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum FlagCommand {
-    /// Set a flag's default variant, e.g. `flag set checkout-flags new_flow off`.
-    Set {
-        resource: String,
-        flag: String,
-        variant: String,
-        #[command(flatten)]
-        common: Common,
-    },
-    /// Enable or disable a flag, e.g. `flag state checkout-flags new_flow off`.
-    State {
-        resource: String,
-        flag: String,
-        #[arg(value_parser = ["on", "off"])]
-        state: String,
-        #[command(flatten)]
-        common: Common,
-    },
+    Audit(audit::AuditCommand),
 }
 
 /// Options every composing command shares.
@@ -218,149 +187,6 @@ pub struct Conn {
     pub nats_creds: Option<PathBuf>,
 }
 
-#[derive(Args, Debug)]
-pub struct NewArgs {
-    /// The op, e.g. flag.set, flag.state, revert.
-    pub op: String,
-    /// The resource the action names (omit for revert).
-    #[arg(long)]
-    pub resource: Option<String>,
-    /// Op parameters, e.g. --param flag=new_flow --param variant=off.
-    #[arg(long = "param", value_name = "K=V")]
-    pub params: Vec<String>,
-    #[command(flatten)]
-    pub common: Common,
-}
-
-#[derive(Args, Debug)]
-pub struct SignArgs {
-    /// A payload (JSON from `tourniquet new`) or an envelope to co-sign.
-    pub file: PathBuf,
-    /// Signing key (OpenSSH private key, or .pub through ssh-agent).
-    #[arg(long, env = "TOURNIQUET_KEY")]
-    pub key: Option<PathBuf>,
-    /// Attach a signature made by `ssh-keygen -Y sign -n tourniquet-command` over the --pae bytes.
-    #[arg(long, value_name = "SIGFILE", conflicts_with = "key")]
-    pub sig: Option<PathBuf>,
-    /// Print the exact bytes a signature covers (DSSE PAE) and exit.
-    #[arg(long, conflicts_with_all = ["key", "sig"])]
-    pub pae: bool,
-    /// Print signature N of an envelope in ssh-keygen's armored form and exit.
-    #[arg(long, value_name = "N", conflicts_with_all = ["key", "sig", "pae"])]
-    pub export_sig: Option<usize>,
-    /// Output file (default: overwrite an envelope in place; a payload → stdout).
-    #[arg(short = 'o', long = "out")]
-    pub out: Option<PathBuf>,
-}
-
-#[derive(Args, Debug)]
-pub struct VerifyArgs {
-    /// A command envelope, or with --agent-key a receipt.
-    pub envelope: PathBuf,
-    /// The policy to judge a command against.
-    #[arg(long, required_unless_present = "agent_key")]
-    pub policy: Option<PathBuf>,
-    /// Verify a receipt against this agent public key (OpenSSH line or .pub file).
-    #[arg(long, value_name = "PUB")]
-    pub agent_key: Option<String>,
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Args, Debug)]
-pub struct SendArgs {
-    pub envelope: PathBuf,
-    /// http[s]://HOST:PORT, dir:PATH (an agent's inbox) or nats://HOST:PORT (a fleet; see --fleet).
-    #[arg(long)]
-    pub to: String,
-    /// Return after the agent accepts, without waiting for the receipt.
-    #[arg(long)]
-    pub no_wait: bool,
-    #[command(flatten)]
-    pub conn: Conn,
-}
-
-#[derive(Args, Debug)]
-pub struct StatusArgs {
-    /// Command id; without it, the agent's active hotfixes.
-    pub id: Option<String>,
-    #[arg(long, default_value = "http://127.0.0.1:7370")]
-    pub agent: String,
-    /// Fleet view: collect every agent's receipt for ID from NATS JetStream.
-    #[arg(long, value_name = "URL", requires = "id")]
-    pub nats: Option<String>,
-    /// With --nats: keep refreshing until every expected agent has settled (Ctrl-C stops).
-    #[arg(long, requires = "nats")]
-    pub watch: bool,
-    #[command(flatten)]
-    pub conn: Conn,
-}
-
-#[derive(Args, Debug)]
-pub struct RevertArgs {
-    /// The command to undo.
-    pub id: String,
-    #[command(flatten)]
-    pub common: Common,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum FleetCommand {
-    /// Create or update the TOURNIQUET_CMD and TOURNIQUET_RECEIPTS streams (an operator action).
-    Init {
-        /// The NATS server, e.g. nats://127.0.0.1:4222.
-        #[arg(long)]
-        nats: String,
-        /// How long commands stay in the stream; must exceed the policy's max_ttl.
-        #[arg(long, default_value = "24h")]
-        max_age: String,
-        /// How long receipts stay in the stream.
-        #[arg(long, default_value = "30d")]
-        receipt_max_age: String,
-        /// Stream replicas (1 for a single server; 3 in a cluster).
-        #[arg(long, default_value_t = 1)]
-        replicas: usize,
-        #[command(flatten)]
-        conn: Conn,
-    },
-    /// List agents seen recently (their heartbeats), with labels and active hotfixes.
-    Ls {
-        #[arg(long)]
-        nats: String,
-        /// How long to listen for heartbeats after asking every agent for one.
-        #[arg(long, default_value = "2s")]
-        listen: String,
-        #[command(flatten)]
-        conn: Conn,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-pub enum AuditCommand {
-    /// Check the audit log's hash chain from the first entry to the last.
-    Verify {
-        /// The agent's state dir (default: the embedded default's).
-        #[arg(long)]
-        state: Option<PathBuf>,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Incident timeline and postmortem metrics from the verified audit log.
-    Export {
-        /// The agent's state dir (default: the embedded default's).
-        #[arg(long)]
-        state: Option<PathBuf>,
-        /// How far back, e.g. 24h, 7d.
-        #[arg(long, default_value = "24h")]
-        since: String,
-        #[arg(long, value_enum, default_value_t = crate::audit::export::Format::Json)]
-        format: crate::audit::export::Format,
-        /// Write here (0600) instead of stdout.
-        #[arg(short = 'o', long = "out")]
-        out: Option<PathBuf>,
-    },
-}
-
 /// A CLI failure: the exit code and the one-line reason.
 pub struct Failure {
     pub code: u8,
@@ -387,125 +213,24 @@ pub type CliResult = Result<(), Failure>;
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
-        Command::Agent(args) => run_agent(args).await,
-        Command::Keygen { out, comment } => compose::keygen(&out, &comment),
-        Command::Flag(cmd) => compose::flag(cmd).await,
-        Command::New(args) => compose::new_payload(args),
-        Command::Sign(args) => compose::sign(args),
-        Command::Verify(args) => compose::verify(args),
-        Command::Send(args) => client::send_file(args).await,
-        Command::Status(args) => client::status(args).await,
-        Command::Revert(args) => compose::revert(args).await,
-        Command::Halt(args) => compose::halt(args).await,
+        Command::Agent(args) => agent::run(args).await,
+        Command::Keygen(args) => keygen::run(args),
+        Command::Flag(cmd) => flag::run(cmd).await,
+        Command::New(args) => new::run(args),
+        Command::Sign(args) => sign::run(args),
+        Command::Verify(args) => verify::run(args),
+        Command::Send(args) => send::run(args).await,
+        Command::Status(args) => status::run(args).await,
+        Command::Revert(args) => revert::revert(args).await,
+        Command::Halt(args) => revert::halt(args).await,
         Command::Fleet(cmd) => fleet::run(cmd).await,
-        Command::Audit(AuditCommand::Verify { state, json }) => audit_verify(state, json),
-        Command::Audit(AuditCommand::Export {
-            state,
-            since,
-            format,
-            out,
-        }) => {
-            crate::audit::export::run(state, &since, format, out.as_deref()).map_err(|e| Failure {
-                code: if e.is_broken() {
-                    exit::INVALID
-                } else {
-                    exit::ERROR
-                },
-                message: e.to_string(),
-            })
-        }
+        Command::Audit(cmd) => audit::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
             eprintln!("tourniquet: {}", f.message);
             ExitCode::from(f.code)
-        }
-    }
-}
-
-async fn run_agent(args: AgentArgs) -> CliResult {
-    let (mut cfg, dev) = match &args.config {
-        Some(path) => (crate::config::AgentConfig::load(path)?, false),
-        None => {
-            if args.check {
-                return Err(Failure::error("--check needs --config FILE"));
-            }
-            (crate::defaults::prepare()?.config, true)
-        }
-    };
-    if let Some(addr) = args.listen {
-        cfg.api.listen = addr;
-        if dev {
-            crate::defaults::follow_listen(&mut cfg, addr);
-        }
-        cfg.validate("--listen")?;
-    }
-    if args.check {
-        println!("{}", crate::agent::check(&cfg)?);
-        return Ok(());
-    }
-    crate::agent::run(cfg, dev).await?;
-    Ok(())
-}
-
-fn audit_verify(state: Option<PathBuf>, json: bool) -> CliResult {
-    let dir = state.unwrap_or_else(|| PathBuf::from(crate::defaults::DEFAULT_DIR).join("state"));
-    let checkpoint = crate::lifecycle::store::read_checkpoint(&dir);
-    match crate::audit::verify(&dir, checkpoint.as_ref()) {
-        Ok(report) => {
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "ok": true,
-                        "entries": report.entries,
-                        "first_seq": report.first_seq,
-                        "last_seq": report.last_seq,
-                        "last_hash": report.last_hash,
-                        "segments": report.segments,
-                        "pruned_before": report.pruned_before,
-                        "checkpoint": report.checkpoint,
-                    })
-                );
-            } else {
-                let mut line = format!(
-                    "audit log ok: {} entries in {} segment(s), chain head {}",
-                    report.entries,
-                    report.segments,
-                    report.last_hash.get(..16).unwrap_or_default()
-                );
-                if report.pruned_before {
-                    line.push_str(&format!(
-                        "; starts at seq {} (older segments were deleted by [retention])",
-                        report.first_seq
-                    ));
-                }
-                match &report.checkpoint {
-                    Some(cp) => {
-                        line.push_str(&format!("; checkpoint at seq {} is covered", cp.seq))
-                    }
-                    None => line.push_str("; no checkpoint yet, so a cut tail cannot be ruled out"),
-                }
-                println!("{line}");
-            }
-            Ok(())
-        }
-        Err(e) => {
-            if json {
-                let missing = match &e {
-                    crate::audit::AuditError::Truncated { missing, .. } => Some(*missing),
-                    _ => None,
-                };
-                println!(
-                    "{}",
-                    serde_json::json!({"ok": false, "error": e.to_string(), "missing_entries": missing})
-                );
-            }
-            Err(Failure {
-                code: exit::INVALID,
-                message: e.to_string(),
-            })
         }
     }
 }
