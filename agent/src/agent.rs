@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::command::envelope::sha256_hex;
 use crate::command::payload::Timestamp;
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, Lint, Severity};
 use crate::lifecycle::clock::SystemClock;
 use crate::lifecycle::store::Store;
 use crate::lifecycle::{Identity, Lifecycle, Resource};
@@ -30,8 +30,60 @@ pub fn load_policy(path: &Path) -> Result<(Policy, String), String> {
     Ok((policy, sha256_hex(text.as_bytes())))
 }
 
-/// `--check`: validate the config and its policy, build nothing.
-pub fn check(cfg: &AgentConfig) -> Result<String, String> {
+/// What `agent --check` found in a config that loaded.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CheckReport {
+    /// The config file, as named on the command line.
+    pub config: String,
+    pub resources: usize,
+    pub probes: usize,
+    /// The policy's one-line summary.
+    pub policy: String,
+    /// What parses but cannot work; see [`crate::config::LintCode`].
+    pub lints: Vec<Lint>,
+}
+
+impl CheckReport {
+    pub fn errors(&self) -> usize {
+        self.count(Severity::Error)
+    }
+
+    pub fn warnings(&self) -> usize {
+        self.count(Severity::Warning)
+    }
+
+    fn count(&self, severity: Severity) -> usize {
+        self.lints.iter().filter(|l| l.severity == severity).count()
+    }
+
+    /// The line `--check` prints when the agent would start.
+    pub fn summary(&self) -> String {
+        let warnings = match self.warnings() {
+            0 => String::new(),
+            n => format!(" ({n} warning(s))"),
+        };
+        format!(
+            "config ok: {} resource(s), {} probe(s); policy ok: {}{warnings}",
+            self.resources, self.probes, self.policy
+        )
+    }
+
+    /// The one-line reason `--check` exits 1 with, when a lint is an error.
+    pub fn failure(&self) -> Option<String> {
+        match self.errors() {
+            0 => None,
+            n => Some(format!(
+                "{}: {n} error(s) and {} warning(s); the agent would not work as configured (fix the errors above)",
+                self.config,
+                self.warnings()
+            )),
+        }
+    }
+}
+
+/// `--check`: validate the config and its policy, build nothing, and lint
+/// what parses but cannot work. `origin` names the config file.
+pub fn check(cfg: &AgentConfig, origin: &str) -> Result<CheckReport, String> {
     let (policy, _) = load_policy(&cfg.agent.policy)?;
     let state_dir = &cfg.agent.state_dir;
     if std::fs::symlink_metadata(state_dir).is_ok_and(|m| m.file_type().is_symlink()) {
@@ -47,12 +99,19 @@ pub fn check(cfg: &AgentConfig) -> Result<String, String> {
             .build()
             .map_err(|e| format!("resources.{name}: {e}"))?;
     }
-    Ok(format!(
-        "config ok: {} resource(s), {} probe(s); policy ok: {}",
-        cfg.resources.len(),
-        cfg.probes.len(),
-        policy.summary()
-    ))
+    let lints = cfg.lint(
+        &policy,
+        origin,
+        &cfg.agent.policy.display().to_string(),
+        Timestamp::now(),
+    );
+    Ok(CheckReport {
+        config: origin.to_string(),
+        resources: cfg.resources.len(),
+        probes: cfg.probes.len(),
+        policy: policy.summary(),
+        lints,
+    })
 }
 
 /// An agent's lifecycle built from its config, before any transport runs.

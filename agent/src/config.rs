@@ -393,7 +393,13 @@ impl AgentConfig {
             path: path.display().to_string(),
             why: e.to_string(),
         })?;
-        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        // Anchored on an absolute directory even for `--config agent.toml`:
+        // a relative path handed to another program (nginx's `-c`, `-p`)
+        // would be read against that program's own directory, not ours.
+        let base = std::path::absolute(path)
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+            .unwrap_or_default();
         AgentConfig::from_toml(&text, &path.display().to_string(), &base)
     }
 
@@ -557,6 +563,267 @@ impl AgentConfig {
     }
 }
 
+/// How bad a lint is: an error means the agent would not work as
+/// configured (`agent --check` exits 1); a warning may be intended, for
+/// example a policy shared by agents that declare different resources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+/// The stable name of each lint, as `--check --json` prints it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LintCode {
+    /// A rule names a role that no key in the policy holds.
+    RoleWithoutKey,
+    /// Fewer keys hold a rule's roles than its threshold asks for.
+    QuorumUnreachable,
+    /// The policy's `expires` has passed: every command is refused.
+    PolicyExpired,
+    /// A key's `valid_before` has passed: its signatures are refused.
+    KeyExpired,
+    /// A rule's resource glob matches no resource this agent declares.
+    RuleMatchesNoResource,
+    /// A rule's op glob matches no op a declared resource supports.
+    OpUnsupported,
+    /// A flags-file resource's file does not exist.
+    FlagsFileMissing,
+    /// A flags-file resource's file is not flagd JSON.
+    FlagsFileInvalid,
+}
+
+impl LintCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LintCode::RoleWithoutKey => "role_without_key",
+            LintCode::QuorumUnreachable => "quorum_unreachable",
+            LintCode::PolicyExpired => "policy_expired",
+            LintCode::KeyExpired => "key_expired",
+            LintCode::RuleMatchesNoResource => "rule_matches_no_resource",
+            LintCode::OpUnsupported => "op_unsupported",
+            LintCode::FlagsFileMissing => "flags_file_missing",
+            LintCode::FlagsFileInvalid => "flags_file_invalid",
+        }
+    }
+
+    /// Errors are what can never work on this agent; warnings are what may
+    /// be meant for other agents sharing the policy, or may be a typo.
+    pub fn severity(self) -> Severity {
+        match self {
+            LintCode::RoleWithoutKey
+            | LintCode::QuorumUnreachable
+            | LintCode::PolicyExpired
+            | LintCode::FlagsFileMissing
+            | LintCode::FlagsFileInvalid => Severity::Error,
+            LintCode::KeyExpired | LintCode::RuleMatchesNoResource | LintCode::OpUnsupported => {
+                Severity::Warning
+            }
+        }
+    }
+}
+
+/// Something that parses but cannot work, found by `agent --check`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Lint {
+    pub code: LintCode,
+    pub severity: Severity,
+    /// The file and key it is about, e.g. `policy.toml: rules[1].roles`.
+    pub at: String,
+    /// One sentence: what is wrong, then what to do.
+    pub message: String,
+}
+
+impl std::fmt::Display for Lint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let level = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(
+            f,
+            "{level}[{}] {}: {}",
+            self.code.as_str(),
+            self.at,
+            self.message
+        )
+    }
+}
+
+/// Ops the agent itself handles, whatever resources it declares.
+const AGENT_OPS: &[&str] = &[
+    crate::command::payload::REVERT_OP,
+    crate::command::payload::HALT_OP,
+    "hold.extend",
+    "hold.end",
+];
+
+impl AgentConfig {
+    /// What in this config and its policy parses but cannot work: roles no
+    /// key holds, rules that name nothing here, flags files that are not
+    /// there. `config_origin` and `policy_origin` name the files in each
+    /// lint. Reads the flags files; builds and changes nothing.
+    pub fn lint(
+        &self,
+        policy: &crate::trust::policy::Policy,
+        config_origin: &str,
+        policy_origin: &str,
+        now: crate::command::payload::Timestamp,
+    ) -> Vec<Lint> {
+        let mut lints = Vec::new();
+        let mut push = |code: LintCode, at: String, message: String| {
+            lints.push(Lint {
+                code,
+                severity: code.severity(),
+                at,
+                message,
+            })
+        };
+        let file = &policy.file;
+
+        if let Some(expires) = file.expires.filter(|e| now > *e) {
+            push(
+                LintCode::PolicyExpired,
+                format!("{policy_origin}: expires"),
+                format!("the policy expired at {expires}, so the agent refuses every command; install a current policy with a later `expires`"),
+            );
+        }
+        for (name, key) in &file.keys {
+            if let Some(before) = key.valid_before.filter(|b| now >= *b) {
+                push(
+                    LintCode::KeyExpired,
+                    format!("{policy_origin}: keys.{name}.valid_before"),
+                    format!("key {name:?} stopped being valid at {before}, so its signatures are refused; rotate it or remove it from the policy"),
+                );
+            }
+        }
+
+        let declared: Vec<&str> = self.resources.keys().map(String::as_str).collect();
+        let supported: BTreeMap<&str, Vec<&str>> = self
+            .resources
+            .iter()
+            .flat_map(|(name, r)| {
+                r.provider
+                    .supported_ops()
+                    .iter()
+                    .map(move |op| (*op, name.as_str()))
+            })
+            .fold(BTreeMap::new(), |mut m, (op, name)| {
+                m.entry(op).or_insert_with(Vec::new).push(name);
+                m
+            });
+        let glob_match = crate::trust::glob::glob_match;
+        for (i, rule) in file.rules.iter().enumerate() {
+            let at = |field: &str| format!("{policy_origin}: rules[{i}].{field}");
+            for role in &rule.roles {
+                if !file.keys.values().any(|k| k.roles.contains(role)) {
+                    push(
+                        LintCode::RoleWithoutKey,
+                        at("roles"),
+                        format!("no key holds role {role:?}, so it never counts towards this rule; add it to a key's `roles` under [keys.NAME], or fix the name"),
+                    );
+                }
+            }
+            let holders = file
+                .keys
+                .values()
+                .filter(|k| k.roles.iter().any(|r| rule.roles.contains(r)))
+                .count();
+            if holders > 0 && (holders as u64) < u64::from(rule.threshold) {
+                push(
+                    LintCode::QuorumUnreachable,
+                    at("threshold"),
+                    format!(
+                        "threshold = {} but only {holders} key(s) hold role {}, so this rule can never be met; add keys with that role or lower the threshold",
+                        rule.threshold,
+                        rule.roles.join(" or ")
+                    ),
+                );
+            }
+            for g in &rule.resources {
+                // `*` also covers `halt`, which names no resource.
+                if glob_match(g, "*") || declared.iter().any(|r| glob_match(g, r)) {
+                    continue;
+                }
+                push(
+                    LintCode::RuleMatchesNoResource,
+                    at("resources"),
+                    format!(
+                        "{g:?} matches no resource in {config_origin} (it declares {}); fix the glob, or ignore this if the policy is shared with agents that declare such a resource",
+                        names_or_none(&declared)
+                    ),
+                );
+            }
+            for g in &rule.ops {
+                if AGENT_OPS.iter().any(|op| glob_match(g, op))
+                    || supported.keys().any(|op| glob_match(g, op))
+                {
+                    continue;
+                }
+                let ops: Vec<&str> = AGENT_OPS
+                    .iter()
+                    .copied()
+                    .chain(supported.keys().copied())
+                    .collect();
+                push(
+                    LintCode::OpUnsupported,
+                    at("ops"),
+                    format!(
+                        "{g:?} matches no op that a resource in {config_origin} supports (ops here: {}); fix the op, or ignore this if the policy is shared with agents that have such a resource",
+                        ops.join(", ")
+                    ),
+                );
+            }
+        }
+
+        for (name, r) in &self.resources {
+            let ResourceConfig::FlagsFile(flags) = &r.provider else {
+                continue;
+            };
+            let at = format!("{config_origin}: resources.{name}.path");
+            let path = flags.path.display();
+            match std::fs::read(&flags.path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => push(
+                    LintCode::FlagsFileMissing,
+                    at,
+                    format!("{path} does not exist, so the agent cannot read or change its flags; create it (a flagd file, `{{\"flags\": {{}}}}` at least) or fix the path"),
+                ),
+                Err(e) => push(
+                    LintCode::FlagsFileMissing,
+                    at,
+                    format!("{path} cannot be read ({e}); give the agent's user read and write access to it"),
+                ),
+                Ok(bytes) => {
+                    let why = serde_json::from_slice::<serde_json::Value>(&bytes)
+                        .map_err(|e| format!("it is not JSON: {e}"))
+                        .and_then(|doc| {
+                            tourniquet_providers::flags_file::validate_document(&doc)
+                                .map_err(|e| format!("it is not a flagd flags file: {e}"))
+                        });
+                    if let Err(why) = why {
+                        push(
+                            LintCode::FlagsFileInvalid,
+                            at,
+                            format!("{path}: {why}; fix the file (see flagd's flag definition format) before the agent starts"),
+                        );
+                    }
+                }
+            }
+        }
+        lints
+    }
+}
+
+fn names_or_none(names: &[&str]) -> String {
+    if names.is_empty() {
+        "no resources".into()
+    } else {
+        names.join(", ")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -607,6 +874,183 @@ mod tests {
             assert!(err.starts_with("a.toml:5:"), "{line}: {err}");
             assert!(err.contains(key), "{line}: {err}");
         }
+    }
+
+    /// A config in a temp dir with its policy beside it; `policy_tail` is
+    /// appended to a policy with one key `alice` holding role `sre`.
+    fn linted(resources: &str, policy_tail: &str) -> Vec<Lint> {
+        let dir = tempfile::tempdir().unwrap();
+        let key = TEST_KEY;
+        let policy_text = format!(
+            "version = 1\nmax_ttl = \"30m\"\n[keys.alice]\npublic_key = \"{key}\"\nroles = [\"sre\"]\n{policy_tail}"
+        );
+        std::fs::write(dir.path().join("policy.toml"), &policy_text).unwrap();
+        let text = format!("[agent]\nstate_dir = \"s\"\npolicy = \"policy.toml\"\n{resources}");
+        let cfg = AgentConfig::from_toml(&text, "agent.toml", dir.path()).unwrap();
+        let policy = crate::trust::policy::Policy::from_toml(&policy_text, "policy.toml").unwrap();
+        std::fs::write(dir.path().join("good.json"), "{\"flags\": {}}").unwrap();
+        std::fs::write(dir.path().join("bad.json"), "{\"flags\": 3}").unwrap();
+        cfg.lint(
+            &policy,
+            "agent.toml",
+            "policy.toml",
+            crate::command::payload::Timestamp::now(),
+        )
+    }
+
+    fn codes(lints: &[Lint]) -> Vec<&'static str> {
+        lints.iter().map(|l| l.code.as_str()).collect()
+    }
+
+    /// Any ed25519 public key: lints never verify a signature.
+    const TEST_KEY: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIArlQfMnm7DSzNG+yPLawrJ0A8KE+zunUOZ+AJDshEuj t";
+
+    const FLAGS: &str = "[resources.checkout-flags]\nkind = \"flags-file\"\npath = \"good.json\"\n";
+
+    #[test]
+    fn a_clean_config_has_no_lints() {
+        let rules = "[[rules]]\nops = [\"flag.*\", \"revert\"]\nresources = [\"checkout-*\"]\nroles = [\"sre\"]\n";
+        assert_eq!(codes(&linted(FLAGS, rules)), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn a_role_no_key_holds_is_an_error() {
+        let rules = "[[rules]]\nops = [\"flag.set\"]\nroles = [\"sre\", \"oncall\"]\n";
+        let lints = linted(FLAGS, rules);
+        assert_eq!(codes(&lints), ["role_without_key"]);
+        assert_eq!(lints[0].severity, Severity::Error);
+        assert_eq!(lints[0].at, "policy.toml: rules[0].roles");
+        assert!(lints[0].message.contains("\"oncall\""), "{}", lints[0]);
+    }
+
+    #[test]
+    fn a_threshold_above_the_keys_holding_the_role_is_an_error() {
+        let rules = "[[rules]]\nops = [\"flag.set\"]\nroles = [\"sre\"]\nthreshold = 2\n";
+        let lints = linted(FLAGS, rules);
+        assert_eq!(codes(&lints), ["quorum_unreachable"]);
+        assert_eq!(lints[0].severity, Severity::Error);
+    }
+
+    #[test]
+    fn a_resource_glob_matching_nothing_is_a_warning() {
+        let rules = "[[rules]]\nops = [\"flag.set\"]\nresources = [\"edge-*\", \"checkout-flags\"]\nroles = [\"sre\"]\n";
+        let lints = linted(FLAGS, rules);
+        assert_eq!(codes(&lints), ["rule_matches_no_resource"]);
+        assert_eq!(lints[0].severity, Severity::Warning);
+        assert!(lints[0].message.contains("\"edge-*\""), "{}", lints[0]);
+        assert!(lints[0].message.contains("checkout-flags"), "{}", lints[0]);
+    }
+
+    #[test]
+    fn an_op_no_declared_resource_supports_is_a_warning() {
+        let rules = "[[rules]]\nops = [\"nginx.deny\", \"flag.set\", \"halt\", \"revert\"]\nroles = [\"sre\"]\n";
+        let lints = linted(FLAGS, rules);
+        assert_eq!(codes(&lints), ["op_unsupported"]);
+        assert_eq!(lints[0].severity, Severity::Warning);
+        assert!(lints[0].message.contains("\"nginx.deny\""), "{}", lints[0]);
+        // Supported through another kind of resource, it is fine.
+        let nginx = "[resources.edge]\nkind = \"nginx\"\ninclude = \"hotfixes.conf\"\n";
+        assert_eq!(
+            codes(&linted(&format!("{FLAGS}{nginx}"), rules)),
+            Vec::<&str>::new()
+        );
+    }
+
+    #[test]
+    fn a_missing_or_broken_flags_file_is_an_error() {
+        let missing = FLAGS.replace("good.json", "nowhere.json");
+        let lints = linted(&missing, "");
+        assert_eq!(codes(&lints), ["flags_file_missing"]);
+        assert_eq!(lints[0].severity, Severity::Error);
+        assert_eq!(lints[0].at, "agent.toml: resources.checkout-flags.path");
+        let broken = FLAGS.replace("good.json", "bad.json");
+        assert_eq!(codes(&linted(&broken, "")), ["flags_file_invalid"]);
+        let not_json = FLAGS.replace("good.json", "policy.toml");
+        let lints = linted(&not_json, "");
+        assert_eq!(codes(&lints), ["flags_file_invalid"]);
+        assert!(lints[0].message.contains("not JSON"), "{}", lints[0]);
+    }
+
+    #[test]
+    fn an_expired_policy_is_an_error_and_an_expired_key_a_warning() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = TEST_KEY;
+        let policy_text = format!(
+            "version = 1\nmax_ttl = \"30m\"\nexpires = \"2026-01-01T00:00:00Z\"\n[keys.alice]\npublic_key = \"{key}\"\nroles = [\"sre\"]\nvalid_before = \"2025-06-01T00:00:00Z\"\n"
+        );
+        let policy = crate::trust::policy::Policy::from_toml(&policy_text, "policy.toml").unwrap();
+        let cfg = AgentConfig::from_toml(
+            "[agent]\nstate_dir = \"s\"\npolicy = \"p\"\n",
+            "agent.toml",
+            dir.path(),
+        )
+        .unwrap();
+        let now = crate::command::payload::Timestamp::parse("2026-06-01T00:00:00Z").unwrap();
+        let lints = cfg.lint(&policy, "agent.toml", "policy.toml", now);
+        assert_eq!(codes(&lints), ["policy_expired", "key_expired"]);
+        let before = crate::command::payload::Timestamp::parse("2025-01-01T00:00:00Z").unwrap();
+        assert!(cfg
+            .lint(&policy, "agent.toml", "policy.toml", before)
+            .is_empty());
+    }
+
+    #[test]
+    fn relative_nginx_paths_reach_nginx_resolved_against_the_config_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "[agent]\nstate_dir = \"s\"\npolicy = \"p\"\n[resources.edge]\nkind = \"nginx\"\ninclude = \"hotfixes.conf\"\nconf = \"conf/nginx.conf\"\nprefix = \"run\"\nerror_log = \"logs/error.log\"\nbinary = \"sbin/nginx\"\n";
+        let cfg = AgentConfig::from_toml(text, "agent.toml", dir.path()).unwrap();
+        let ResourceConfig::Nginx(nginx) = &cfg.resources["edge"].provider else {
+            panic!("not nginx");
+        };
+        assert_eq!(nginx.include, dir.path().join("hotfixes.conf"));
+        assert_eq!(nginx.conf, Some(dir.path().join("conf/nginx.conf")));
+        assert_eq!(nginx.prefix, Some(dir.path().join("run")));
+        assert_eq!(nginx.error_log, Some(dir.path().join("logs/error.log")));
+        assert_eq!(nginx.binary, dir.path().join("sbin/nginx"));
+        // A bare binary name is looked up on PATH, so it stays as it is.
+        let cfg = AgentConfig::from_toml(
+            &text.replace("sbin/nginx", "nginx"),
+            "agent.toml",
+            dir.path(),
+        )
+        .unwrap();
+        let ResourceConfig::Nginx(nginx) = &cfg.resources["edge"].provider else {
+            panic!("not nginx");
+        };
+        assert_eq!(nginx.binary, Path::new("nginx"));
+    }
+
+    #[test]
+    fn a_config_named_by_a_relative_path_resolves_against_an_absolute_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent.toml");
+        std::fs::write(
+            &file,
+            "[agent]\nstate_dir = \"s\"\npolicy = \"p\"\n[resources.edge]\nkind = \"nginx\"\ninclude = \"hotfixes.conf\"\nconf = \"nginx.conf\"\n",
+        )
+        .unwrap();
+        // The same file, named relative to the test's working directory.
+        let cwd = std::env::current_dir().unwrap();
+        let up: PathBuf = cwd.components().skip(1).map(|_| "..").collect();
+        let relative = up.join(file.strip_prefix("/").unwrap());
+        assert!(relative.is_relative());
+        let cfg = AgentConfig::load(&relative).unwrap();
+        let ResourceConfig::Nginx(nginx) = &cfg.resources["edge"].provider else {
+            panic!("not nginx");
+        };
+        let conf = nginx.conf.clone().unwrap();
+        assert!(conf.is_absolute(), "{}", conf.display());
+        assert!(conf.ends_with("nginx.conf"));
+        assert_eq!(
+            cfg.agent
+                .state_dir
+                .parent()
+                .unwrap()
+                .canonicalize()
+                .unwrap(),
+            dir.path().canonicalize().unwrap()
+        );
     }
 
     #[test]
