@@ -227,7 +227,7 @@ fn crash_after(transition: &str, shape: Shape) {
     )
     .unwrap_or_else(|e| panic!("{transition}: receipt does not verify: {e}"));
     assert_eq!(receipt.command_id.as_deref(), Some(id.as_str()));
-    assert_eq!(receipt.outcome, shape.final_state());
+    assert_eq!(receipt.outcome.as_str(), shape.final_state());
     assert_eq!(receipt.envelope_sha256, sha);
 
     // 3. A replayed copy is refused and changes nothing.

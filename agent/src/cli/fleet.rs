@@ -15,7 +15,8 @@ use super::status::StatusArgs;
 use super::{CliResult, Conn, Failure};
 use crate::command::envelope::Envelope;
 use crate::command::payload::{HumanDuration, Payload};
-use crate::lifecycle::receipt::Receipt;
+use crate::command::rejection::Reason;
+use crate::lifecycle::receipt::{Outcome, Receipt};
 use crate::transport::nats::fleet;
 use crate::transport::nats::{publish_acked, receipt_payload};
 
@@ -290,10 +291,14 @@ async fn receipts(js: &Context, id: &str) -> Result<Vec<Receipt>, Failure> {
     }
 }
 
-/// Outcomes after which an agent has nothing more to say about a command
-/// (a kept hotfix with a hold will still send `reverted` later).
-fn settled(outcome: &str) -> bool {
-    !matches!(outcome, "" | "received" | "verified" | "planned_pending")
+/// How the fleet view names an agent's outcome: a refusal because the
+/// command expired or its rollout halted is its own count, not a failure.
+fn fleet_outcome(r: &Receipt) -> &'static str {
+    match (r.outcome, r.reason_code) {
+        (Outcome::Rejected, Some(Reason::Expired)) => "expired",
+        (Outcome::Rejected, Some(Reason::Halted)) => "halted",
+        (outcome, _) => outcome.as_str(),
+    }
 }
 
 /// The fleet view of one command: counts by outcome and wave, the slowest
@@ -321,12 +326,8 @@ pub fn fleet_view(
     let mut timings = Vec::new();
     let mut checks: BTreeMap<String, (String, Vec<f64>, Vec<f64>)> = BTreeMap::new();
     for (agent, r) in &latest {
-        let outcome = match r.reason_code.as_deref() {
-            Some("expired") => "expired".to_string(),
-            Some("halted") => "halted".to_string(),
-            _ => r.outcome.clone(),
-        };
-        *by_outcome.entry(outcome.clone()).or_default() += 1;
+        let outcome = fleet_outcome(r);
+        *by_outcome.entry(outcome.to_string()).or_default() += 1;
         if let Some(p) = command.filter(|p| p.rollout.is_some()) {
             let wave = fleet::wave_of(p, agent)
                 .map(|w| w.to_string())
@@ -334,10 +335,12 @@ pub fn fleet_view(
             *by_wave
                 .entry(wave)
                 .or_default()
-                .entry(outcome.clone())
+                .entry(outcome.to_string())
                 .or_default() += 1;
         }
-        if matches!(outcome.as_str(), "failed" | "rolled_back" | "rejected") {
+        let failed = matches!(r.outcome, Outcome::Failed | Outcome::RolledBack)
+            || (r.outcome == Outcome::Rejected && !matches!(outcome, "expired" | "halted"));
+        if failed {
             failures.push(json!({
                 "agent": agent,
                 "outcome": outcome,
@@ -415,7 +418,9 @@ pub fn fleet_view(
         "rollout": command.and_then(|p| p.rollout.clone()),
         "answered": latest.len(),
         "expected": expected,
-        "settled": latest.values().filter(|r| settled(&r.outcome)).count(),
+        // Every receipt reports a settled outcome (a kept hotfix with a
+        // hold still sends `reverted` later).
+        "settled": latest.len(),
         "by_outcome": by_outcome,
         "by_wave": by_wave,
         "slowest": timings.iter().take(5).map(|(a, ms)| json!({"agent": a, "ms_to_receipt": ms})).collect::<Vec<_>>(),

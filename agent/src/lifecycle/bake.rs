@@ -12,7 +12,7 @@ use super::id::RecordId;
 use super::store::StoreError;
 use super::{Lifecycle, SettledReceipt};
 use crate::command::payload::OnBreach;
-use crate::lifecycle::receipt::Receipt;
+use crate::lifecycle::receipt::{Outcome, Receipt};
 use crate::lifecycle::record::{CommandRecord, State};
 use crate::telemetry::{self, Verdict};
 
@@ -26,10 +26,10 @@ impl Lifecycle {
     pub(super) async fn settle(
         &self,
         rec: &mut CommandRecord,
-        state: State,
+        outcome: Outcome,
         note: Option<String>,
     ) -> Result<Option<Value>, StoreError> {
-        self.settle_with(rec, state, note, state != State::Rejected)
+        self.settle_with(rec, outcome, note, outcome != Outcome::Rejected)
             .await
     }
 
@@ -39,10 +39,11 @@ impl Lifecycle {
     pub(super) async fn settle_with(
         &self,
         rec: &mut CommandRecord,
-        state: State,
+        outcome: Outcome,
         note: Option<String>,
         durable: bool,
     ) -> Result<Option<Value>, StoreError> {
+        let state = outcome.state();
         rec.transition(state, note, self.now());
         let name = match rec.id {
             RecordId::Command(_) => {
@@ -55,7 +56,8 @@ impl Lifecycle {
             ),
         };
         rec.receipts.push(name.clone());
-        let receipt = Receipt::for_record(rec, &self.agent_ref, Some(self.store.audit_head()));
+        let receipt =
+            Receipt::for_record(rec, outcome, &self.agent_ref, Some(self.store.audit_head()));
         let signed = receipt
             .sign(&self.identity.key)
             .map_err(std::io::Error::other)
@@ -97,8 +99,8 @@ impl Lifecycle {
                 name,
                 command_id: receipt.command_id.clone(),
                 transport: rec.transport.clone(),
-                outcome: receipt.outcome.clone(),
-                reason_code: receipt.reason_code.clone(),
+                outcome: receipt.outcome,
+                reason_code: receipt.reason_code,
                 envelope: raw.get().as_bytes().to_vec(),
             });
         }
@@ -174,7 +176,7 @@ impl Lifecycle {
                 } else {
                     format!("{why}; rollback incomplete: {}", errors.join("; "))
                 };
-                self.settle_or_undo(&mut rec, State::RolledBack, Some(note))
+                self.settle_or_undo(&mut rec, Outcome::RolledBack, Some(note))
                     .await;
                 return;
             }
@@ -196,7 +198,7 @@ impl Lifecycle {
                 format!("guard verdict: {v}")
             }
         });
-        if self.settle_or_undo(&mut rec, State::Kept, note).await && rec.hold_until.is_some() {
+        if self.settle_or_undo(&mut rec, Outcome::Kept, note).await && rec.hold_until.is_some() {
             self.arm_hold(rec.id.to_string());
         }
     }

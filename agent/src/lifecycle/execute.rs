@@ -13,6 +13,7 @@ use tourniquet_providers::ActionSpec;
 use super::locks::ResourceGuard;
 use super::Lifecycle;
 use crate::command::payload::REVERT_OP;
+use crate::lifecycle::receipt::Outcome;
 use crate::lifecycle::record::{ActionRecord, CommandRecord, State};
 
 pub(super) fn spec_of(a: &ActionRecord) -> ActionSpec {
@@ -57,7 +58,7 @@ impl Lifecycle {
         let started = Instant::now();
         if let Err(msg) = self.apply_all(&mut rec).await {
             rec.message = Some(msg.clone());
-            self.settle_or_undo(&mut rec, State::Failed, Some(msg))
+            self.settle_or_undo(&mut rec, Outcome::Failed, Some(msg))
                 .await;
             return;
         }
@@ -164,7 +165,7 @@ impl Lifecycle {
                 if other.actions.iter().all(|a| !a.applied || a.reverted) {
                     let note = Some(format!("superseded by {}", rec.id));
                     if let Err(e) = self
-                        .settle_with(&mut other, State::Superseded, note, false)
+                        .settle_with(&mut other, Outcome::Superseded, note, false)
                         .await
                     {
                         tracing::error!(command = %other.id, error = %e, "cannot record a superseded command");
@@ -219,7 +220,7 @@ impl Lifecycle {
         if let Some(by) = by {
             rec.related = Some(by.to_string());
         }
-        if let Err(e) = self.settle(&mut rec, State::Reverted, Some(note)).await {
+        if let Err(e) = self.settle(&mut rec, Outcome::Reverted, Some(note)).await {
             // The resource is back; the record will say so once storage heals.
             self.keep_unrecorded(rec);
             return Err(e.into());
@@ -243,7 +244,7 @@ impl Lifecycle {
                 }
                 self.step(&mut rec, State::Applied, None);
                 let note = Some(format!("reverted {target}"));
-                if let Err(e) = self.settle(&mut rec, State::Kept, note).await {
+                if let Err(e) = self.settle(&mut rec, Outcome::Kept, note).await {
                     tracing::error!(command = %rec.id, error = %e, "cannot record a revert command");
                     self.keep_unrecorded(rec);
                 }
@@ -251,7 +252,7 @@ impl Lifecycle {
             Err(e) => {
                 let msg = e.to_string();
                 rec.message = Some(msg.clone());
-                if let Err(e) = self.settle(&mut rec, State::Failed, Some(msg)).await {
+                if let Err(e) = self.settle(&mut rec, Outcome::Failed, Some(msg)).await {
                     tracing::error!(command = %rec.id, error = %e, "cannot record a failed revert");
                     self.keep_unrecorded(rec);
                 }
@@ -264,10 +265,10 @@ impl Lifecycle {
     pub(super) async fn settle_or_undo(
         &self,
         rec: &mut CommandRecord,
-        state: State,
+        outcome: Outcome,
         note: Option<String>,
     ) -> bool {
-        match self.settle(rec, state, note).await {
+        match self.settle(rec, outcome, note).await {
             Ok(_) => true,
             Err(e) => {
                 tracing::error!(command = %rec.id, error = %e, "cannot record the settle; undoing the change");

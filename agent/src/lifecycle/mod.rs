@@ -48,7 +48,7 @@ use tracing::Instrument;
 use crate::command::envelope::{sha256_hex, Envelope};
 use crate::command::payload::{Guard, Payload, Timestamp, REVERT_OP};
 use crate::command::rejection::{Reason, Rejection};
-use crate::lifecycle::receipt::AgentRef;
+use crate::lifecycle::receipt::{AgentRef, Outcome};
 use crate::lifecycle::record::{CommandRecord, State};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::Probes;
@@ -117,8 +117,8 @@ pub struct SettledReceipt {
     pub command_id: Option<String>,
     /// The transport the command arrived through.
     pub transport: String,
-    pub outcome: String,
-    pub reason_code: Option<String>,
+    pub outcome: Outcome,
+    pub reason_code: Option<Reason>,
     /// The signed receipt envelope, as JSON.
     pub envelope: Vec<u8>,
 }
@@ -293,9 +293,13 @@ impl Lifecycle {
         let pending =
             std::mem::take(&mut *self.unrecorded.lock().unwrap_or_else(|e| e.into_inner()));
         for mut rec in pending {
-            let state = rec.state;
+            // Only settles are kept unrecorded, so each rests in an outcome.
+            let Some(outcome) = Outcome::from_state(rec.state) else {
+                tracing::error!(command = %rec.id, state = rec.state.as_str(), "an unrecorded command that never settled; dropped");
+                continue;
+            };
             let note = rec.timeline.last().and_then(|t| t.note.clone());
-            if let Err(e) = self.settle(&mut rec, state, note).await {
+            if let Err(e) = self.settle(&mut rec, outcome, note).await {
                 tracing::error!(command = %rec.id, error = %e, "still cannot record a settle");
             }
         }
@@ -550,7 +554,7 @@ impl Lifecycle {
         rec.reason = Some(rejection.reason);
         rec.message = Some(rejection.message.clone());
         let note = Some(rejection.reason.code().to_string());
-        match self.settle(&mut rec, State::Rejected, note).await {
+        match self.settle(&mut rec, Outcome::Rejected, note).await {
             Ok(receipt) => Submission::Rejected {
                 rejection,
                 receipt: receipt.and_then(|v| serde_json::from_value(v).ok()),
@@ -776,7 +780,7 @@ impl Lifecycle {
                 check::PlanError::Failed(msg) => {
                     self.release_in_flight(&rec);
                     rec.message = Some(msg.clone());
-                    let _ = self.settle(&mut rec, State::Failed, Some(msg)).await;
+                    let _ = self.settle(&mut rec, Outcome::Failed, Some(msg)).await;
                     Submission::Accepted {
                         id: rec.id.to_string(),
                         state: rec.state,
@@ -788,7 +792,7 @@ impl Lifecycle {
             drop(guard);
             self.release_in_flight(&rec);
             let note = Some("dry run: nothing changed".to_string());
-            return match self.settle(&mut rec, State::Planned, note).await {
+            return match self.settle(&mut rec, Outcome::Planned, note).await {
                 Ok(_) => Submission::Accepted {
                     id: rec.id.to_string(),
                     state: State::Planned,
@@ -860,7 +864,7 @@ impl Lifecycle {
             );
         }
         rec.message = Some(note.clone());
-        if let Err(e) = self.settle(&mut rec, State::Failed, Some(note)).await {
+        if let Err(e) = self.settle(&mut rec, Outcome::Failed, Some(note)).await {
             tracing::error!(command = %rec.id, error = %e, "cannot record a failed command");
         }
     }

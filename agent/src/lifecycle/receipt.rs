@@ -11,8 +11,8 @@ use serde_json::{Map, Value};
 use crate::audit::AuditHead;
 use crate::command::envelope::{self, Envelope, RECEIPT_NAMESPACE, RECEIPT_PAYLOAD_TYPE};
 use crate::command::payload::Timestamp;
-use crate::command::rejection::Rejection;
-use crate::lifecycle::record::{CommandRecord, Transition};
+use crate::command::rejection::{Reason, Rejection};
+use crate::lifecycle::record::{CommandRecord, State, Transition};
 use crate::telemetry::TelemetryReport;
 use crate::trust::keys::{KeyError, Signer};
 
@@ -32,22 +32,91 @@ pub struct Receipt {
     /// `accepted` or `rejected`.
     pub decision: String,
     /// The rejection code, when rejected.
-    pub reason_code: Option<String>,
+    pub reason_code: Option<Reason>,
     pub message: Option<String>,
-    /// The state this receipt reports: `kept`, `rolled_back`, `reverted`,
-    /// `failed`, `planned` (dry run), `superseded`, `rejected`.
-    pub outcome: String,
+    /// The settled state this receipt reports.
+    pub outcome: Outcome,
     pub dry_run: bool,
     pub actions: Vec<ReceiptAction>,
     pub telemetry: Option<TelemetryReport>,
     pub hold_until: Option<Timestamp>,
     pub related_command: Option<String>,
+    /// For a revert refused because its target was superseded: the command
+    /// that superseded it, the one to revert instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superseded_by: Option<String>,
     pub timeline: Vec<Transition>,
     pub issued_at: Timestamp,
     /// The agent's audit log head when the receipt was signed: a log cut
     /// after this point is caught by comparing it with the log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit_head: Option<AuditHead>,
+}
+
+/// The settled state a receipt reports: the states a command comes to rest
+/// in (DESIGN §5), each serialised as the record state of the same name.
+///
+/// A closed set: a reader of receipts (the fleet view, the wave check)
+/// refuses an outcome it does not know rather than guess what it means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Applied and kept: the guard passed, or there was none.
+    Kept,
+    /// The guard breached and the change was undone.
+    RolledBack,
+    /// Undone later: its hold ran out, or a `revert` command asked.
+    Reverted,
+    /// Applying failed, and nothing of it is left changed.
+    Failed,
+    /// A dry run: planned, nothing changed.
+    Planned,
+    /// A newer command on the same resource took over.
+    Superseded,
+    /// Refused; `reason_code` says why.
+    Rejected,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 7] = [
+        Outcome::Kept,
+        Outcome::RolledBack,
+        Outcome::Reverted,
+        Outcome::Failed,
+        Outcome::Planned,
+        Outcome::Superseded,
+        Outcome::Rejected,
+    ];
+
+    /// The record state this outcome settles a command in.
+    pub fn state(self) -> State {
+        match self {
+            Outcome::Kept => State::Kept,
+            Outcome::RolledBack => State::RolledBack,
+            Outcome::Reverted => State::Reverted,
+            Outcome::Failed => State::Failed,
+            Outcome::Planned => State::Planned,
+            Outcome::Superseded => State::Superseded,
+            Outcome::Rejected => State::Rejected,
+        }
+    }
+
+    /// The outcome a record in `state` has settled with, if that state is
+    /// one a command rests in.
+    pub fn from_state(state: State) -> Option<Outcome> {
+        Outcome::ALL.into_iter().find(|o| o.state() == state)
+    }
+
+    /// The wire string, e.g. `rolled_back`.
+    pub fn as_str(self) -> &'static str {
+        self.state().as_str()
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -78,9 +147,10 @@ pub struct ReceiptAction {
 }
 
 impl Receipt {
-    /// A receipt for a command in its current state.
+    /// A receipt for a command that has just settled with `outcome`.
     pub fn for_record(
         r: &CommandRecord,
+        outcome: Outcome,
         agent: &AgentRef,
         audit_head: Option<AuditHead>,
     ) -> Receipt {
@@ -106,9 +176,9 @@ impl Receipt {
             command_reason: payload.map(|p| p.reason.clone()),
             ticket: payload.and_then(|p| p.ticket.clone()),
             decision: if rejected { "rejected" } else { "accepted" }.into(),
-            reason_code: r.reason.map(|x| x.code().to_string()),
+            reason_code: r.reason,
             message: r.message.clone(),
-            outcome: r.state.as_str().into(),
+            outcome,
             dry_run: r.dry_run(),
             actions: r
                 .actions
@@ -132,6 +202,7 @@ impl Receipt {
             telemetry: r.telemetry.clone(),
             hold_until: r.hold_until,
             related_command: r.related.clone(),
+            superseded_by: r.superseded_by.clone(),
             timeline: r.timeline.clone(),
             issued_at: Timestamp::now(),
             audit_head,
@@ -155,22 +226,23 @@ impl Receipt {
             command_reason: None,
             ticket: None,
             decision: "rejected".into(),
-            reason_code: Some(rejection.reason.code().into()),
+            reason_code: Some(rejection.reason),
             message: Some(rejection.message.clone()),
-            outcome: "rejected".into(),
+            outcome: Outcome::Rejected,
             dry_run: false,
             actions: Vec::new(),
             telemetry: None,
             hold_until: None,
             related_command: None,
+            superseded_by: rejection.superseded_by.clone(),
             timeline: vec![
                 Transition {
-                    state: crate::lifecycle::record::State::Received,
+                    state: State::Received,
                     at: received_at,
                     note: None,
                 },
                 Transition {
-                    state: crate::lifecycle::record::State::Rejected,
+                    state: State::Rejected,
                     at: Timestamp::now(),
                     note: Some(rejection.reason.code().into()),
                 },

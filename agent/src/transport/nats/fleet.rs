@@ -14,6 +14,8 @@ use async_nats::jetstream::stream::{Config, DiscardPolicy, Republish, StorageTyp
 use sha2::{Digest, Sha256};
 
 use crate::command::payload::{Payload, Timestamp};
+use crate::command::rejection::Reason;
+use crate::lifecycle::receipt::Outcome;
 
 /// The stream that is the log of fleet commands.
 pub const CMD_STREAM: &str = "TOURNIQUET_CMD";
@@ -202,10 +204,13 @@ pub fn wave_start(payload: &Payload, wave: usize) -> Timestamp {
 /// back by its guard, or could not work on that agent at all (its resource
 /// lacks what the command names). Refusals about trust (signatures,
 /// permissions, expiry) do not: they say nothing about the change.
-pub fn counts_as_failure(outcome: &str, reason_code: Option<&str>) -> bool {
-    matches!(outcome, "failed" | "rolled_back")
-        || (outcome == "rejected"
-            && matches!(reason_code, Some("invalid_action" | "unknown_resource")))
+pub fn counts_as_failure(outcome: Outcome, reason_code: Option<Reason>) -> bool {
+    matches!(outcome, Outcome::Failed | Outcome::RolledBack)
+        || (outcome == Outcome::Rejected
+            && matches!(
+                reason_code,
+                Some(Reason::InvalidAction | Reason::UnknownResource)
+            ))
 }
 
 #[cfg(test)]

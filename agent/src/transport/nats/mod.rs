@@ -560,7 +560,7 @@ impl Shared {
                 continue;
             };
             let earlier = fleet::wave_of(p, &r.agent.id).is_some_and(|w| w < wave);
-            if earlier && fleet::counts_as_failure(&r.outcome, r.reason_code.as_deref()) {
+            if earlier && fleet::counts_as_failure(r.outcome, r.reason_code) {
                 failed.insert(r.agent.id);
                 if failed.len() as u32 >= limit {
                     break;
@@ -618,7 +618,7 @@ fn list_json(dir: &Path) -> Vec<PathBuf> {
 /// Not-targeted rejections never get here: the transport stays silent.
 async fn spool_receipts(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<SettledReceipt>) {
     while let Some(r) = rx.recv().await {
-        if r.transport != "nats" || r.reason_code.as_deref() == Some("not_targeted") {
+        if r.transport != "nats" || r.reason_code == Some(Reason::NotTargeted) {
             continue;
         }
         let sha = envelope_sha_of(&r.envelope);
