@@ -328,6 +328,25 @@ fn a_newer_hotfix_on_the_same_flag_supersedes_the_older() {
         .map(|h| h["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, vec![second.as_str()]);
+    // Reverting the older one is refused, and the refusal names the
+    // command to revert instead, in words and as a field.
+    let (code, out, err) = env.revert_cli(&first, "done", "alice", &agent.url, &["--json"]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains(&format!(
+            "was superseded by {second}; revert that one instead"
+        )),
+        "{err}"
+    );
+    let refusal: Value = serde_json::from_str(&out).expect("rejection json");
+    assert_eq!(refusal["superseded_by"], second.as_str(), "{refusal}");
+    let receipt = tourniquet::command::envelope::Envelope::from_json(
+        &serde_json::to_vec(&refusal["receipt"]).unwrap(),
+    )
+    .expect("receipt envelope");
+    let receipt: Value = serde_json::from_slice(&receipt.payload_bytes().unwrap()).unwrap();
+    assert_eq!(receipt["superseded_by"], second.as_str(), "{receipt}");
+    assert_eq!(env.variant("new_flow"), "off", "a refused revert changes nothing");
     // Reverting the newer one restores what was there before both.
     let (code, _, err) = env.revert_cli(&second, "done", "alice", &agent.url, &[]);
     assert_eq!(code, 0, "{err}");

@@ -143,6 +143,10 @@ impl fmt::Display for Reason {
 pub struct Rejection {
     pub reason: Reason,
     pub message: String,
+    /// For a revert of a command that a newer one superseded: the newer
+    /// command, which is the one to revert. Carried into the record and
+    /// the receipt so a script need not parse the sentence.
+    pub superseded_by: Option<String>,
 }
 
 impl Rejection {
@@ -150,7 +154,14 @@ impl Rejection {
         Rejection {
             reason,
             message: message.into(),
+            superseded_by: None,
         }
+    }
+
+    /// Names the command that superseded the one a revert asked for.
+    pub fn with_superseded_by(mut self, id: impl Into<String>) -> Self {
+        self.superseded_by = Some(id.into());
+        self
     }
 }
 

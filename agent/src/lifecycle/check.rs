@@ -8,7 +8,7 @@ use tourniquet_providers::ProviderError;
 use super::Lifecycle;
 use crate::command::payload::{Guard, Payload, Target, HALT_OP, REVERT_OP};
 use crate::command::rejection::{Reason, Rejection};
-use crate::lifecycle::record::{ActionRecord, CommandRecord};
+use crate::lifecycle::record::{ActionRecord, CommandRecord, State};
 use crate::telemetry;
 use crate::trust::glob::glob_match;
 use crate::trust::policy::Policy;
@@ -17,6 +17,30 @@ use crate::trust::policy::Policy;
 pub(super) enum PlanError {
     Rejected(Rejection),
     Failed(String),
+}
+
+/// The refusal of a revert whose target is no longer in force. A
+/// superseded target names the command that took its effect over: that
+/// is the one whose revert undoes what is in force now.
+fn not_in_force(target: &str, original: &CommandRecord) -> Rejection {
+    match original
+        .related
+        .as_deref()
+        .filter(|_| original.state == State::Superseded)
+    {
+        Some(by) => Rejection::new(
+            Reason::InvalidAction,
+            format!("command {target} was superseded by {by}; revert that one instead"),
+        )
+        .with_superseded_by(by),
+        None => Rejection::new(
+            Reason::InvalidAction,
+            format!(
+                "command {target} is {}, not in force; nothing to revert",
+                original.state.as_str()
+            ),
+        ),
+    }
 }
 
 impl Lifecycle {
@@ -98,13 +122,7 @@ impl Lifecycle {
                     ));
                 };
                 if !original.is_active() {
-                    return Err(Rejection::new(
-                        Reason::InvalidAction,
-                        format!(
-                            "command {target} is {}, not in force; nothing to revert",
-                            original.state.as_str()
-                        ),
-                    ));
+                    return Err(not_in_force(target, &original));
                 }
                 for r in original.actions.iter().map(|a| a.resource.as_str()) {
                     policy.authorize(REVERT_OP, r, signers)?;
@@ -167,6 +185,12 @@ impl Lifecycle {
                     format!("command {target} is not known"),
                 ))
             })?;
+            // Checked again under the locks: a command that took the
+            // resources over while this revert waited for them leaves
+            // nothing here to revert.
+            if !original.is_active() {
+                return Err(PlanError::Rejected(not_in_force(target, &original)));
+            }
             rec.related = Some(target.to_string());
             for a in original.actions.iter().filter(|a| a.applied && !a.reverted) {
                 rec.actions.push(ActionRecord {

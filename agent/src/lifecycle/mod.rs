@@ -463,6 +463,7 @@ impl Lifecycle {
             drifts: Vec::new(),
             receipts: Vec::new(),
             related: None,
+            superseded_by: None,
         };
         let span = tracing::info_span!("command", envelope = %&rec.envelope_sha256[..16]);
         self.process(rec, hold_back, peeked).instrument(span).await
@@ -553,6 +554,7 @@ impl Lifecycle {
         }
         rec.reason = Some(rejection.reason);
         rec.message = Some(rejection.message.clone());
+        rec.superseded_by = rejection.superseded_by.clone();
         let note = Some(rejection.reason.code().to_string());
         match self.settle(&mut rec, Outcome::Rejected, note).await {
             Ok(receipt) => Submission::Rejected {

@@ -172,6 +172,12 @@ pub struct CommandRecord {
     /// newer command that took over.
     #[serde(default)]
     pub related: Option<String>,
+    /// For a revert refused because its target was superseded: the command
+    /// that superseded it (see [`Rejection::superseded_by`]).
+    ///
+    /// [`Rejection::superseded_by`]: crate::command::rejection::Rejection::superseded_by
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superseded_by: Option<String>,
 }
 
 impl CommandRecord {

@@ -790,10 +790,13 @@ async fn post_command(
         Ok(Submission::Accepted { id, state }) => {
             json_response(202, &json!({"id": id, "status": state.as_str()}))
         }
-        Ok(Submission::Rejected { rejection, receipt }) => json_response(
-            rejection.reason.http_status(),
-            &json!({"reason": rejection.reason.code(), "message": rejection.message, "receipt": receipt}),
-        ),
+        Ok(Submission::Rejected { rejection, receipt }) => {
+            let mut body = json!({"reason": rejection.reason.code(), "message": rejection.message, "receipt": receipt});
+            if let Some(by) = &rejection.superseded_by {
+                body["superseded_by"] = json!(by);
+            }
+            json_response(rejection.reason.http_status(), &body)
+        }
         Err(e) => {
             tracing::error!(error = %e, "submitting a command failed");
             error(
