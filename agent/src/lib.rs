@@ -5,6 +5,7 @@
 //! (trust, store, telemetry, providers) → command.
 
 pub mod agent;
+pub mod api;
 pub mod audit;
 pub mod cli;
 pub mod command;

@@ -48,7 +48,7 @@ use tracing::Instrument;
 use crate::command::envelope::{sha256_hex, Envelope};
 use crate::command::payload::{Guard, Payload, Timestamp, REVERT_OP};
 use crate::command::rejection::{Reason, Rejection};
-use crate::lifecycle::receipt::{AgentRef, Outcome};
+use crate::lifecycle::receipt::{AgentRef, Outcome, Receipt};
 use crate::lifecycle::record::{CommandRecord, State};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::Probes;
@@ -106,6 +106,17 @@ pub enum Submission {
 pub struct Peeked {
     pub verified: crate::trust::policy::VerifiedCommand,
     policy: Arc<Policy>,
+}
+
+/// A command's newest receipt, found in the archive.
+#[derive(Debug, Clone)]
+pub struct ArchivedReceipt {
+    pub id: String,
+    /// The receipt's name (unique per receipt).
+    pub name: String,
+    pub receipt: Receipt,
+    /// The signed receipt, whose payload is `receipt`.
+    pub envelope: Envelope,
 }
 
 /// A receipt just signed and stored, for transports that pass it on.
@@ -311,9 +322,9 @@ impl Lifecycle {
         self.store.record(&id)
     }
 
-    /// A view of an older command, rebuilt from its newest archived
-    /// receipt: what `status ID` shows once the record has left memory.
-    pub async fn archived_view(self: &Arc<Self>, id: &str) -> Option<Value> {
+    /// The newest archived receipt of an older command: what `status ID`
+    /// shows once the record has left memory.
+    pub async fn archived_receipt(self: &Arc<Self>, id: &str) -> Option<ArchivedReceipt> {
         let rid: RecordId = id.parse().ok()?;
         let id = rid.command()?.to_string();
         let this = self.clone();
@@ -321,26 +332,14 @@ impl Lifecycle {
         let archived = tokio::task::spawn_blocking(move || this.store.archived(None, Some(&key)))
             .await
             .ok()??;
-        let env: Envelope = serde_json::from_str(archived.receipt.get()).ok()?;
-        let payload: Value = serde_json::from_slice(&env.payload_bytes().ok()?).ok()?;
-        let receipt: Value = serde_json::from_str(archived.receipt.get()).ok()?;
-        Some(json!({
-            "id": id,
-            "state": payload["outcome"],
-            "archived": true,
-            "settled": true,
-            "terminal": payload["outcome"] != "kept",
-            "actions": payload["actions"],
-            "telemetry": payload["telemetry"],
-            "timeline": payload["timeline"],
-            "hold_until": payload["hold_until"],
-            "reason": payload["reason_code"],
-            "message": payload["message"],
-            "signers": payload["signers"],
-            "related": payload["related_command"],
-            "receipts": [archived.name],
-            "receipt": receipt,
-        }))
+        let envelope: Envelope = serde_json::from_str(archived.receipt.get()).ok()?;
+        let receipt: Receipt = serde_json::from_slice(&envelope.payload_bytes().ok()?).ok()?;
+        Some(ArchivedReceipt {
+            id,
+            name: archived.name,
+            receipt,
+            envelope,
+        })
     }
 
     /// Whether this agent has a record of the envelope with this hash.

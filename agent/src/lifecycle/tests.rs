@@ -463,14 +463,15 @@ fn memory_and_journal_stay_bounded_over_many_commands() {
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
-        let view = lc
-            .archived_view(&first)
+        let archived = lc
+            .archived_receipt(&first)
             .await
             .unwrap_or_else(|| panic!("{first} is not archived: {listing:?}"));
         assert_eq!(
-            view["receipt"]["payloadType"],
+            archived.envelope.payload_type,
             crate::command::envelope::RECEIPT_PAYLOAD_TYPE
         );
+        assert_eq!(archived.receipt.command_id.as_deref(), Some(first.as_str()));
     });
 }
 

@@ -64,21 +64,23 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use serde_json::{json, Value};
+use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 
+use crate::api::{
+    self, Accepted, ApiError, ArchivedCommand, CommandAnswer, CommandQuery, CommandView, ErrorCode,
+    Health, HealthStatus, Hotfix, Hotfixes, IdentityResource, Rejected, MAX_WAIT,
+};
 use crate::command::payload::Timestamp;
+use crate::command::rejection::Reason;
 use crate::config::ApiSection;
 use crate::lifecycle::record::CommandRecord;
 use crate::lifecycle::{Lifecycle, Submission};
 use crate::trust::policy::MAX_ENVELOPE_BYTES;
-
-/// Longest `?wait=` a client may ask for.
-const MAX_WAIT: Duration = Duration::from_secs(60);
 /// Header fields a request may carry. The CLI sends five or six.
 pub const MAX_HEADERS: usize = 32;
 /// Bytes of request line plus header fields.
@@ -622,9 +624,8 @@ async fn connection(
 
 type Resp = Response<Full<Bytes>>;
 
-fn json_response(status: u16, body: &Value) -> Resp {
-    let mut bytes = serde_json::to_vec_pretty(body).unwrap_or_default();
-    bytes.push(b'\n');
+fn json_response(status: u16, body: &impl Serialize) -> Resp {
+    let bytes = api::to_body(body).unwrap_or_default();
     Response::builder()
         .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
         .header("content-type", "application/json")
@@ -632,8 +633,8 @@ fn json_response(status: u16, body: &Value) -> Resp {
         .unwrap_or_default()
 }
 
-fn error(status: u16, reason: &str, message: &str) -> Resp {
-    json_response(status, &json!({"reason": reason, "message": message}))
+fn error(status: u16, reason: ErrorCode, message: &str) -> Resp {
+    json_response(status, &ApiError::new(reason, message))
 }
 
 /// The answer, and the connection closes after it: for requests whose body
@@ -647,7 +648,7 @@ fn closing(mut resp: Resp) -> Resp {
 fn evicted() -> Resp {
     closing(error(
         503,
-        "too_many_connections",
+        ErrorCode::TooManyConnections,
         "this connection was closed to make room for a newer one",
     ))
 }
@@ -691,24 +692,37 @@ async fn route(
         return evicted();
     }
     match (req.method().clone(), path.as_str()) {
-        (Method::GET, "/healthz") => healthz(&lc),
-        (Method::GET, "/metrics") => Response::builder()
+        (Method::GET, api::HEALTHZ_PATH) => healthz(&lc),
+        (Method::GET, api::METRICS_PATH) => Response::builder()
             .header(
                 "content-type",
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
             )
             .body(Full::new(Bytes::from(lc.metrics.render())))
             .unwrap_or_default(),
-        (Method::GET, "/v1/hotfixes") => hotfixes(&lc),
-        (Method::GET, "/v1/identity") => identity(&lc),
+        (Method::GET, api::HOTFIXES_PATH) => hotfixes(&lc),
+        (Method::GET, api::IDENTITY_PATH) => identity(&lc),
         (Method::GET, p) if p.starts_with("/v1/commands/") => {
             let id = &p["/v1/commands/".len()..];
-            get_command(&lc, id, &query, clock).await
+            get_command(&lc, id, CommandQuery::parse(&query), clock).await
         }
-        (_, "/healthz" | "/metrics" | "/v1/commands" | "/v1/hotfixes" | "/v1/identity") => {
-            error(405, "method_not_allowed", "method not allowed on this path")
-        }
-        _ => error(404, "not_found", "no such endpoint; see GET /v1/identity"),
+        (
+            _,
+            api::HEALTHZ_PATH
+            | api::METRICS_PATH
+            | api::COMMANDS_PATH
+            | api::HOTFIXES_PATH
+            | api::IDENTITY_PATH,
+        ) => error(
+            405,
+            ErrorCode::MethodNotAllowed,
+            "method not allowed on this path",
+        ),
+        _ => error(
+            404,
+            ErrorCode::NotFound,
+            "no such endpoint; see GET /v1/identity",
+        ),
     }
 }
 
@@ -740,7 +754,7 @@ fn timed_out(e: &hyper::Error) -> bool {
 fn request_timeout(clock: &Clock) -> Resp {
     closing(error(
         408,
-        "request_timeout",
+        ErrorCode::RequestTimeout,
         &format!(
             "the request did not arrive within api.read_timeout ({})",
             humantime::format_duration(clock.limits.read_timeout)
@@ -761,7 +775,7 @@ async fn post_command(
         lc.metrics.count_command(Some("too_large"));
         return closing(error(
             413,
-            "too_large",
+            ErrorCode::Refused(Reason::TooLarge),
             &format!("the body is {declared} bytes; the limit is {MAX_ENVELOPE_BYTES}"),
         ));
     }
@@ -775,7 +789,7 @@ async fn post_command(
             Ok(Err(e)) => {
                 return closing(error(
                     400,
-                    "bad_envelope",
+                    ErrorCode::Refused(Reason::BadEnvelope),
                     &format!("reading the body: {e}"),
                 ))
             }
@@ -788,20 +802,22 @@ async fn post_command(
     let submitted = tokio::spawn(async move { lc.submit(&body, "http").await }).await;
     match submitted {
         Ok(Submission::Accepted { id, state }) => {
-            json_response(202, &json!({"id": id, "status": state.as_str()}))
+            json_response(202, &Accepted { id, status: state })
         }
-        Ok(Submission::Rejected { rejection, receipt }) => {
-            let mut body = json!({"reason": rejection.reason.code(), "message": rejection.message, "receipt": receipt});
-            if let Some(by) = &rejection.superseded_by {
-                body["superseded_by"] = json!(by);
-            }
-            json_response(rejection.reason.http_status(), &body)
-        }
+        Ok(Submission::Rejected { rejection, receipt }) => json_response(
+            rejection.reason.http_status(),
+            &Rejected {
+                reason: rejection.reason,
+                message: rejection.message,
+                receipt,
+                superseded_by: rejection.superseded_by,
+            },
+        ),
         Err(e) => {
             tracing::error!(error = %e, "submitting a command failed");
             error(
                 500,
-                "internal_error",
+                ErrorCode::InternalError,
                 "the agent failed to process this command; see its log",
             )
         }
@@ -812,58 +828,63 @@ async fn post_command(
 /// its state dir refuses writes (commands are refused then).
 fn healthz(lc: &Lifecycle) -> Resp {
     match lc.storage_health() {
-        Ok(()) => json_response(200, &json!({"status": "ok"})),
+        Ok(()) => json_response(
+            200,
+            &Health {
+                status: HealthStatus::Ok,
+                reason: None,
+                message: None,
+            },
+        ),
         Err(e) => json_response(
             503,
-            &json!({"status": "unavailable", "reason": "storage_unavailable", "message": e.to_string()}),
+            &Health {
+                status: HealthStatus::Unavailable,
+                reason: Some(Reason::StorageUnavailable),
+                message: Some(e.to_string()),
+            },
         ),
     }
 }
 
-fn hold_left(r: &CommandRecord) -> Option<u64> {
-    r.hold_until.map(|t| Timestamp::now().until(t).as_secs())
-}
-
 /// The record as the API shows it: everything but the raw envelope.
-fn record_view(lc: &Lifecycle, r: &CommandRecord) -> Value {
-    let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
-    if let Some(o) = v.as_object_mut() {
-        o.insert("settled".into(), Value::Bool(r.is_settled()));
-        o.insert("terminal".into(), Value::Bool(r.is_terminal()));
-        o.insert("hold_left_s".into(), json!(hold_left(r)));
-        o.insert(
-            "receipt".into(),
-            r.receipts
-                .last()
-                .and_then(|n| lc.read_receipt(n))
-                .unwrap_or(Value::Null),
-        );
-    }
-    v
+fn record_view(lc: &Lifecycle, r: CommandRecord) -> CommandAnswer {
+    // Stored as an envelope by the agent itself, so it reads as one.
+    let receipt = r
+        .receipts
+        .last()
+        .and_then(|n| lc.read_receipt(n))
+        .and_then(|v| serde_json::from_value(v).ok());
+    CommandAnswer::Live(Box::new(CommandView::of(r, receipt, Timestamp::now())))
 }
 
-async fn get_command(lc: &Arc<Lifecycle>, id: &str, query: &str, clock: &Clock) -> Resp {
-    let wait = query
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("wait="))
-        .and_then(|w| humantime::parse_duration(w).ok())
-        .map(|d| d.min(MAX_WAIT));
+async fn get_command(lc: &Arc<Lifecycle>, id: &str, query: CommandQuery, clock: &Clock) -> Resp {
+    let wait = query.wait;
     let mut changes = lc.subscribe();
     let deadline = tokio::time::Instant::now() + wait.unwrap_or_default();
-    // `seen` lets a client wait for the next change after a known state.
-    let after_state = query.split('&').find_map(|kv| kv.strip_prefix("after="));
     loop {
         let rec = lc.record(id);
         let done = match &rec {
-            Some(r) => r.is_settled() && after_state != Some(r.state.as_str()),
+            // `after` lets a client wait for the next change after a
+            // state it has seen.
+            Some(r) => r.is_settled() && query.after != Some(r.state),
             None => false,
         };
         if done || wait.is_none() || tokio::time::Instant::now() >= deadline {
             return match rec {
-                Some(r) => json_response(200, &record_view(lc, &r)),
-                None => match lc.archived_view(id).await {
-                    Some(v) => json_response(200, &v),
-                    None => error(404, "not_found", &format!("this agent has no command {id}")),
+                Some(r) => json_response(200, &record_view(lc, r)),
+                None => match lc.archived_receipt(id).await {
+                    Some(a) => json_response(
+                        200,
+                        &CommandAnswer::Archived(Box::new(ArchivedCommand::of(
+                            a.id, a.name, a.receipt, a.envelope,
+                        ))),
+                    ),
+                    None => error(
+                        404,
+                        ErrorCode::NotFound,
+                        &format!("this agent has no command {id}"),
+                    ),
                 },
             };
         }
@@ -882,43 +903,32 @@ async fn get_command(lc: &Arc<Lifecycle>, id: &str, query: &str, clock: &Clock) 
 }
 
 fn hotfixes(lc: &Lifecycle) -> Resp {
-    let list: Vec<Value> = lc
-        .active()
-        .iter()
-        .map(|r| {
-            json!({
-                "id": r.id,
-                "issuer": r.payload.as_ref().map(|p| p.issuer.clone()),
-                "reason": r.payload.as_ref().map(|p| p.reason.clone()),
-                "actions": r.actions.iter().map(|a| json!({"resource": a.resource, "op": a.op, "params": a.params, "before": a.before, "after": a.after})).collect::<Vec<_>>(),
-                "applied_at": r.timeline.iter().rev().find(|t| t.state == crate::lifecycle::record::State::Applied).map(|t| t.at),
-                "hold_until": r.hold_until,
-                "hold_left_s": hold_left(r),
-            })
-        })
-        .collect();
-    json_response(200, &json!({"hotfixes": list}))
+    let now = Timestamp::now();
+    let hotfixes = lc.active().iter().map(|r| Hotfix::of(r, now)).collect();
+    json_response(200, &Hotfixes { hotfixes })
 }
 
 fn identity(lc: &Lifecycle) -> Resp {
     let id = lc.identity();
-    let resources: Vec<Value> = lc
-        .resources()
-        .iter()
-        .map(|(n, r)| json!({"name": n, "kind": r.provider.kind()}))
-        .collect();
     json_response(
         200,
-        &json!({
-            "agent_id": id.id,
-            "labels": id.labels,
-            "public_key": lc.agent_ref().key,
-            "fingerprint": crate::command::envelope::fingerprint(id.key.public_key().key_data()),
-            "policy_sha256": lc.policy_sha256(),
-            "resources": resources,
-            "probes": lc.probes().names().collect::<Vec<_>>(),
-            "version": env!("CARGO_PKG_VERSION"),
-        }),
+        &api::Identity {
+            agent_id: id.id.clone(),
+            labels: id.labels.clone(),
+            public_key: lc.agent_ref().key.clone(),
+            fingerprint: crate::command::envelope::fingerprint(id.key.public_key().key_data()),
+            policy_sha256: lc.policy_sha256(),
+            resources: lc
+                .resources()
+                .iter()
+                .map(|(name, r)| IdentityResource {
+                    name: name.clone(),
+                    kind: r.provider.kind().to_string(),
+                })
+                .collect(),
+            probes: lc.probes().names().cloned().collect(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        },
     )
 }
 
@@ -942,8 +952,8 @@ mod tests {
             head.contains(&format!("content-length: {}", body.len())),
             "{text}"
         );
-        let v: Value = serde_json::from_str(body).unwrap();
-        assert_eq!(v["reason"], "too_many_connections");
+        let e: ApiError = serde_json::from_str(body).unwrap();
+        assert_eq!(e.reason, ErrorCode::TooManyConnections);
     }
 
     #[tokio::test]
