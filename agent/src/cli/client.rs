@@ -3,10 +3,14 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use serde_json::Value;
 
 use super::{exit, render, CliResult, Conn, Failure};
+use crate::api::{self, Accepted, ApiError, CommandAnswer, CommandQuery};
 use crate::command::envelope::Envelope;
+use crate::lifecycle::record::State;
 
 /// Where an envelope goes.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,6 +76,24 @@ pub(super) async fn get_json(client: &reqwest::Client, url: &str) -> Result<(u16
     Ok((status, body))
 }
 
+/// Reads an agent's answer as its API type. An answer that does not fit
+/// is most likely from an agent of another version.
+pub(super) fn read_answer<T: DeserializeOwned>(url: &str, body: &Value) -> Result<T, Failure> {
+    T::deserialize(body).map_err(|e| {
+        Failure::error(format!(
+            "{url}: the agent's answer does not read ({e}); is it running the same tourniquet version as this CLI?"
+        ))
+    })
+}
+
+/// The sentence of the error an agent answered with.
+pub(super) fn answer_error(status: u16, body: &Value) -> String {
+    match ApiError::deserialize(body) {
+        Ok(e) => e.message,
+        Err(_) => format!("HTTP {status}: {body}"),
+    }
+}
+
 fn describe(e: &reqwest::Error) -> String {
     crate::telemetry::error_chain(e)
 }
@@ -117,7 +139,7 @@ pub async fn deliver(env: &Envelope, dest: &str, conn: &Conn, no_wait: bool) -> 
         }
         Destination::Http(base) => {
             let client = http_client(conn)?;
-            let url = format!("{base}/v1/commands");
+            let url = format!("{base}{}", api::COMMANDS_PATH);
             let started = Instant::now();
             let resp = client
                 .post(&url)
@@ -132,36 +154,29 @@ pub async fn deliver(env: &Envelope, dest: &str, conn: &Conn, no_wait: bool) -> 
                 if conn.json {
                     println!("{}", serde_json::to_string_pretty(&body)?);
                 }
-                let reason = body
-                    .get("reason")
-                    .and_then(Value::as_str)
-                    .unwrap_or("error");
-                let message = body.get("message").and_then(Value::as_str).unwrap_or("");
+                let why = match ApiError::deserialize(&body) {
+                    Ok(e) => format!("({status} {}): {}", e.reason, e.message),
+                    Err(_) => format!("({status}): {body}"),
+                };
                 return Err(Failure {
                     code: exit::REJECTED,
-                    message: format!("rejected ({status} {reason}): {message}"),
+                    message: format!("rejected {why}"),
                 });
             }
-            let id = body
-                .get("id")
-                .and_then(Value::as_str)
-                .unwrap_or(&id)
-                .to_string();
+            let accepted: Accepted = read_answer(&url, &body)?;
+            let id = accepted.id;
             if no_wait {
                 if conn.json {
                     println!("{}", serde_json::to_string_pretty(&body)?);
                 } else {
-                    println!(
-                        "accepted {id} ({})",
-                        body.get("status").and_then(Value::as_str).unwrap_or("")
-                    );
+                    println!("accepted {id} ({})", accepted.status.as_str());
                 }
                 return Ok(());
             }
-            let record = wait_settled(&client, &base, &id, conn.wait, !conn.json).await?;
+            let (body, record) = wait_settled(&client, &base, &id, conn.wait, !conn.json).await?;
             let elapsed = started.elapsed();
             if conn.json {
-                println!("{}", serde_json::to_string_pretty(&record)?);
+                println!("{}", serde_json::to_string_pretty(&body)?);
             } else {
                 print!("{}", render::record(&record));
                 eprintln!("({} ms from send to receipt)", elapsed.as_millis());
@@ -172,29 +187,34 @@ pub async fn deliver(env: &Envelope, dest: &str, conn: &Conn, no_wait: bool) -> 
 }
 
 /// Polls with long waits until the command settles, showing progress.
+/// Returns the settled answer as sent (for `--json`) and as read.
 async fn wait_settled(
     client: &reqwest::Client,
     base: &str,
     id: &str,
     max_secs: u64,
     progress: bool,
-) -> Result<Value, Failure> {
+) -> Result<(Value, CommandAnswer), Failure> {
     let deadline = Instant::now() + Duration::from_secs(max_secs);
     let mut last_state = String::new();
+    let query = CommandQuery {
+        wait: Some(Duration::from_secs(10)),
+        after: None,
+    };
     loop {
-        let url = format!("{base}/v1/commands/{id}?wait=10s");
-        let (status, record) = get_json(client, &url).await?;
+        let url = format!("{base}{}{}", api::command_path(id), query.to_query());
+        let (status, body) = get_json(client, &url).await?;
         if status != 200 {
-            return Err(Failure::error(format!("GET {url}: {status} {record}")));
+            return Err(Failure::error(format!(
+                "GET {url}: {}",
+                answer_error(status, &body)
+            )));
         }
-        let state = record
-            .get("state")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
-        if record.get("settled").and_then(Value::as_bool) == Some(true) {
-            return Ok(record);
+        let record: CommandAnswer = read_answer(&url, &body)?;
+        if record.settled() {
+            return Ok((body, record));
         }
+        let state = record.state().as_str().to_string();
         if progress && state != last_state {
             eprintln!("… {id}: {state}");
             last_state = state;
@@ -207,19 +227,18 @@ async fn wait_settled(
     }
 }
 
-fn outcome_code(record: &Value) -> CliResult {
-    let state = record.get("state").and_then(Value::as_str).unwrap_or("");
-    let msg = record.get("message").and_then(Value::as_str).unwrap_or("");
-    match state {
-        "rolled_back" => Err(Failure {
+fn outcome_code(record: &CommandAnswer) -> CliResult {
+    let msg = record.message().unwrap_or("");
+    match record.state() {
+        State::RolledBack => Err(Failure {
             code: exit::ROLLED_BACK,
             message: "the guard breached and the change was rolled back".into(),
         }),
-        "failed" => Err(Failure {
+        State::Failed => Err(Failure {
             code: exit::FAILED,
             message: format!("apply failed, nothing left changed: {msg}"),
         }),
-        "rejected" => Err(Failure {
+        State::Rejected => Err(Failure {
             code: exit::REJECTED,
             message: format!("rejected: {msg}"),
         }),

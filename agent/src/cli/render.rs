@@ -1,17 +1,21 @@
 //! Human output: short, aligned, and saying what changed first.
+//!
+//! It reads the agent's answers as the typed [`crate::api`] structs, so a
+//! field renamed on the agent's side fails the build here instead of
+//! printing blank.
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
-fn s<'a>(v: &'a Value, k: &str) -> &'a str {
-    v.get(k).and_then(Value::as_str).unwrap_or("")
-}
+use crate::api::{CommandAnswer, Hotfixes};
+use crate::lifecycle::record::{State, Transition};
+use crate::telemetry::{ProbeSample, TelemetryReport, Unit, Verdict};
 
 /// A state value like `{"flag":"x","state":"ENABLED","defaultVariant":"on"}`
 /// shown compactly.
-fn state_text(v: &Value) -> String {
+fn state_text(v: Option<&Value>) -> String {
     match v {
-        Value::Null => "-".into(),
-        Value::Object(o) => {
+        None | Some(Value::Null) => "-".into(),
+        Some(Value::Object(o)) => {
             if let (Some(var), Some(st)) = (o.get("defaultVariant"), o.get("state")) {
                 let var = var.as_str().unwrap_or("");
                 if st == "DISABLED" {
@@ -19,26 +23,35 @@ fn state_text(v: &Value) -> String {
                 }
                 return var.to_string();
             }
-            serde_json::to_string(v).unwrap_or_default()
+            serde_json::to_string(o).unwrap_or_default()
         }
-        other => other.to_string(),
+        Some(other) => other.to_string(),
     }
 }
 
 /// A probe value in its unit: ratios as %, seconds as ms.
-fn value_text(v: Option<f64>, unit: &str) -> String {
+fn value_text(v: Option<f64>, unit: Unit) -> String {
     match (v, unit) {
         (None, _) => "n/a".into(),
-        (Some(x), "ratio") => format!("{:.2}%", x * 100.0),
-        (Some(x), "seconds") => format!("{:.1}ms", x * 1000.0),
-        (Some(x), _) => format!("{x:.3}"),
+        (Some(x), Unit::Ratio) => format!("{:.2}%", x * 100.0),
+        (Some(x), Unit::Seconds) => format!("{:.1}ms", x * 1000.0),
+        (Some(x), Unit::Number) => format!("{x:.3}"),
+    }
+}
+
+fn verdict_text(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Pass => "pass",
+        Verdict::Breach => "breach",
+        Verdict::Inconclusive => "inconclusive",
     }
 }
 
 /// One probe sample: its value, plus the http detail when there is one.
-fn sample_text(v: &Value) -> String {
-    let value = value_text(v.get("value").and_then(Value::as_f64), s(v, "unit"));
-    let d = v.get("detail").unwrap_or(&Value::Null);
+fn sample_text(v: &ProbeSample) -> String {
+    let value = value_text(v.value, v.unit);
+    // The detail is the probe kind's own; only an http probe's is shown.
+    let d = &v.detail;
     let extra = match (
         d.get("ok").and_then(Value::as_u64),
         d.get("requests").and_then(Value::as_u64),
@@ -54,202 +67,325 @@ fn sample_text(v: &Value) -> String {
         _ => String::new(),
     };
     let note = v
-        .get("note")
-        .and_then(Value::as_str)
+        .note
+        .as_deref()
         .map(|n| format!(" [{n}]"))
         .unwrap_or_default();
     format!("{value}{extra}{note}")
 }
 
-/// One command record (as GET /v1/commands/ID returns it).
-pub fn record(r: &Value) -> String {
+/// One action's change, whichever shape of answer it came in.
+struct Change<'a> {
+    resource: &'a str,
+    op: &'a str,
+    params: &'a Map<String, Value>,
+    before: Option<&'a Value>,
+    /// The state after, or the intended one for a dry run.
+    after: Option<&'a Value>,
+    reverted: bool,
+}
+
+impl Change<'_> {
+    /// `checkout-flags flag.set new_flow: on → off`.
+    fn line(&self) -> String {
+        let flag = self
+            .params
+            .get("flag")
+            .and_then(Value::as_str)
+            .map(|f| format!(" {f}"))
+            .unwrap_or_default();
+        format!(
+            "{} {}{flag}: {} → {}{}",
+            self.resource,
+            self.op,
+            state_text(self.before),
+            state_text(self.after),
+            if self.reverted { " (reverted)" } else { "" }
+        )
+    }
+}
+
+/// What a command answer shows, the same for a live record and an
+/// archived one.
+struct Shown<'a> {
+    id: String,
+    state: State,
+    signers: Vec<&'a str>,
+    /// Issuer and stated reason, when the answer carries the payload.
+    asked_by: Option<(&'a str, &'a str)>,
+    changes: Vec<Change<'a>>,
+    telemetry: Option<&'a TelemetryReport>,
+    hold_left_s: Option<u64>,
+    hold_until: Option<String>,
+    timeline: &'a [Transition],
+}
+
+impl<'a> Shown<'a> {
+    fn of(answer: &'a CommandAnswer) -> Shown<'a> {
+        match answer {
+            CommandAnswer::Live(v) => {
+                let r = &v.record;
+                let dry_run = r.dry_run();
+                Shown {
+                    id: r.id.to_string(),
+                    state: r.state,
+                    signers: r.signers.iter().map(|s| s.name.as_str()).collect(),
+                    asked_by: r
+                        .payload
+                        .as_ref()
+                        .map(|p| (p.issuer.as_str(), p.reason.as_str())),
+                    changes: r
+                        .actions
+                        .iter()
+                        .map(|a| Change {
+                            resource: &a.resource,
+                            op: &a.op,
+                            params: &a.params,
+                            before: a.before.as_ref(),
+                            after: if dry_run {
+                                a.planned.as_ref()
+                            } else {
+                                a.after.as_ref()
+                            },
+                            reverted: a.reverted,
+                        })
+                        .collect(),
+                    telemetry: r.telemetry.as_ref(),
+                    hold_left_s: v.hold_left_s,
+                    hold_until: r.hold_until.map(|t| t.to_string()),
+                    timeline: &r.timeline,
+                }
+            }
+            CommandAnswer::Archived(a) => Shown {
+                id: a.id.clone(),
+                state: a.state.state(),
+                signers: a.signers.iter().map(|s| s.name.as_str()).collect(),
+                asked_by: None,
+                changes: a
+                    .actions
+                    .iter()
+                    .map(|x| Change {
+                        resource: &x.resource,
+                        op: &x.op,
+                        params: &x.params,
+                        before: x.before.as_ref(),
+                        // A receipt's `after` is the intended state for a
+                        // dry run already.
+                        after: x.after.as_ref(),
+                        reverted: x.reverted,
+                    })
+                    .collect(),
+                telemetry: a.telemetry.as_ref(),
+                hold_left_s: None,
+                hold_until: a.hold_until.map(|t| t.to_string()),
+                timeline: &a.timeline,
+            },
+        }
+    }
+}
+
+/// One command (as GET /v1/commands/ID answers).
+pub fn record(answer: &CommandAnswer) -> String {
+    let r = Shown::of(answer);
     let mut out = String::new();
-    let state = s(r, "state");
-    let id = s(r, "id");
-    let decision = if r.get("reason").is_some_and(|x| !x.is_null()) {
+    let reason = answer.reason();
+    let decision = if reason.is_some() {
         "rejected"
     } else {
         "accepted"
     };
-    out.push_str(&format!("{state:<12} {id}\n"));
-    let signers: Vec<String> = r
-        .get("signers")
-        .and_then(Value::as_array)
-        .map(|a| a.iter().map(|x| s(x, "name").to_string()).collect())
-        .unwrap_or_default();
+    out.push_str(&format!("{:<12} {}\n", r.state.as_str(), r.id));
     out.push_str(&format!(
         "  decision:  {decision}{}\n",
-        if signers.is_empty() {
+        if r.signers.is_empty() {
             String::new()
         } else {
-            format!(" (signed by {})", signers.join(", "))
+            format!(" (signed by {})", r.signers.join(", "))
         }
     ));
-    if let Some(reason) = r.get("reason").and_then(Value::as_str) {
-        out.push_str(&format!("  reason:    {reason}: {}\n", s(r, "message")));
-    }
-    if let Some(p) = r.get("payload").filter(|p| !p.is_null()) {
+    if let Some(reason) = reason {
         out.push_str(&format!(
-            "  asked by:  {} — {}\n",
-            s(p, "issuer"),
-            s(p, "reason")
+            "  reason:    {reason}: {}\n",
+            answer.message().unwrap_or("")
         ));
     }
-    for a in r
-        .get("actions")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let after = if r
-            .get("payload")
-            .and_then(|p| p.get("dry_run"))
-            .and_then(Value::as_bool)
-            == Some(true)
-        {
-            a.get("planned")
-        } else {
-            a.get("after")
-        };
-        let flag = a
-            .get("params")
-            .and_then(|p| p.get("flag"))
-            .and_then(Value::as_str)
-            .map(|f| format!(" {f}"))
-            .unwrap_or_default();
+    if let Some((issuer, why)) = r.asked_by {
+        out.push_str(&format!("  asked by:  {issuer} — {why}\n"));
+    }
+    for c in &r.changes {
+        out.push_str(&format!("  change:    {}\n", c.line()));
+    }
+    if let Some(t) = r.telemetry {
+        telemetry(&mut out, t);
+    }
+    if let (Some(left), State::Kept) = (r.hold_left_s, r.state) {
         out.push_str(&format!(
-            "  change:    {} {}{flag}: {} → {}{}\n",
-            s(a, "resource"),
-            s(a, "op"),
-            state_text(a.get("before").unwrap_or(&Value::Null)),
-            state_text(after.unwrap_or(&Value::Null)),
-            if a.get("reverted").and_then(Value::as_bool) == Some(true) {
-                " (reverted)"
-            } else {
-                ""
-            }
+            "  hold:      {} left (reverts at {})\n",
+            humantime::format_duration(std::time::Duration::from_secs(left)),
+            r.hold_until.unwrap_or_default()
         ));
     }
-    if let Some(t) = r.get("telemetry").filter(|t| !t.is_null()) {
-        let list = |k: &str| {
-            t.get(k)
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default()
-        };
-        let (before, after) = (list("before"), list("after"));
-        for b in &before {
-            let name = s(b, "probe");
-            let a = after.iter().find(|a| s(a, "probe") == name);
-            out.push_str(&format!(
-                "  probe:     {name}: before {} | after {}\n",
-                sample_text(b),
-                a.map(sample_text).unwrap_or_else(|| "-".into())
-            ));
-        }
-        let checks = list("checks");
-        if !checks.is_empty() {
-            out.push_str(&format!(
-                "  {:<16} {:<13} {:<10} {:>10} {:>10}  {}\n",
-                "PROBE", "CHECK", "THRESHOLD", "BEFORE", "AFTER", "VERDICT"
-            ));
-            for c in &checks {
-                let unit = s(c, "unit");
-                out.push_str(&format!(
-                    "  {:<16} {:<13} {:<10} {:>10} {:>10}  {}\n",
-                    s(c, "probe"),
-                    s(c, "check"),
-                    s(c, "threshold"),
-                    value_text(c.get("before").and_then(Value::as_f64), unit),
-                    value_text(c.get("after").and_then(Value::as_f64), unit),
-                    s(c, "verdict")
-                ));
-            }
-        }
-        if let Some(v) = t.get("verdict").and_then(Value::as_str) {
-            let rounds = t
-                .get("rounds")
-                .and_then(Value::as_array)
-                .map(Vec::len)
-                .unwrap_or(0);
-            let aborted = if t.get("early_abort").and_then(Value::as_bool) == Some(true) {
-                ", aborted early"
-            } else {
-                ""
-            };
-            out.push_str(&format!(
-                "  verdict:   {v} after {rounds} bake round(s){aborted}\n"
-            ));
-        }
-    }
-    if let Some(left) = r.get("hold_left_s").and_then(Value::as_u64) {
-        if state == "kept" {
-            out.push_str(&format!(
-                "  hold:      {} left (reverts at {})\n",
-                humantime::format_duration(std::time::Duration::from_secs(left)),
-                s(r, "hold_until")
-            ));
-        }
-    }
-    if let Some(last) = r
-        .get("timeline")
-        .and_then(Value::as_array)
-        .and_then(|t| t.last())
-    {
-        if let Some(note) = last.get("note").and_then(Value::as_str) {
-            out.push_str(&format!("  note:      {note}\n"));
-        }
+    if let Some(note) = r.timeline.last().and_then(|t| t.note.as_deref()) {
+        out.push_str(&format!("  note:      {note}\n"));
     }
     out
 }
 
-/// The active hotfixes list.
-pub fn hotfixes(body: &Value) -> String {
-    let list = body
-        .get("hotfixes")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    if list.is_empty() {
+/// The guard's probes before and after, its checks, and its verdict.
+fn telemetry(out: &mut String, t: &TelemetryReport) {
+    for b in &t.before {
+        let a = t.after.iter().find(|a| a.probe == b.probe);
+        out.push_str(&format!(
+            "  probe:     {}: before {} | after {}\n",
+            b.probe,
+            sample_text(b),
+            a.map(sample_text).unwrap_or_else(|| "-".into())
+        ));
+    }
+    if !t.checks.is_empty() {
+        out.push_str(&format!(
+            "  {:<16} {:<13} {:<10} {:>10} {:>10}  {}\n",
+            "PROBE", "CHECK", "THRESHOLD", "BEFORE", "AFTER", "VERDICT"
+        ));
+        for c in &t.checks {
+            out.push_str(&format!(
+                "  {:<16} {:<13} {:<10} {:>10} {:>10}  {}\n",
+                c.probe,
+                c.check,
+                c.threshold,
+                value_text(c.before, c.unit),
+                value_text(c.after, c.unit),
+                verdict_text(c.verdict)
+            ));
+        }
+    }
+    if let Some(v) = t.verdict {
+        let aborted = if t.early_abort { ", aborted early" } else { "" };
+        out.push_str(&format!(
+            "  verdict:   {} after {} bake round(s){aborted}\n",
+            verdict_text(v),
+            t.rounds.len()
+        ));
+    }
+}
+
+/// The active hotfixes list (as GET /v1/hotfixes answers).
+pub fn hotfixes(body: &Hotfixes) -> String {
+    if body.hotfixes.is_empty() {
         return "no active hotfixes\n".into();
     }
     let mut out = format!(
         "{:<28} {:<10} {:<40} {}\n",
         "ID", "HOLD LEFT", "CHANGE", "REASON"
     );
-    for h in list {
+    for h in &body.hotfixes {
         let change: Vec<String> = h
-            .get("actions")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
+            .actions
+            .iter()
             .map(|a| {
-                let flag = a
-                    .get("params")
-                    .and_then(|p| p.get("flag"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("");
+                let flag = a.params.get("flag").and_then(Value::as_str).unwrap_or("");
                 format!(
                     "{} {} {flag} {}→{}",
-                    s(a, "resource"),
-                    s(a, "op"),
-                    state_text(a.get("before").unwrap_or(&Value::Null)),
-                    state_text(a.get("after").unwrap_or(&Value::Null))
+                    a.resource,
+                    a.op,
+                    state_text(a.before.as_ref()),
+                    state_text(a.after.as_ref())
                 )
             })
             .collect();
         let left = h
-            .get("hold_left_s")
-            .and_then(Value::as_u64)
+            .hold_left_s
             .map(|l| humantime::format_duration(std::time::Duration::from_secs(l)).to_string())
             .unwrap_or_else(|| "none".into());
         out.push_str(&format!(
             "{:<28} {:<10} {:<40} {}\n",
-            s(&h, "id"),
+            h.id,
             left,
             change.join("; "),
-            s(&h, "reason")
+            h.reason.as_deref().unwrap_or("")
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture<T: serde::de::DeserializeOwned>(name: &str) -> T {
+        let path = format!("{}/testdata/api/{name}.json", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    #[test]
+    fn a_kept_command_shows_its_change_probe_and_hold() {
+        let text = record(&fixture("get_kept"));
+        for want in [
+            "kept         01M91FE6KERKX3CPQ6APV1X0YK\n",
+            "  decision:  accepted (signed by alice)\n",
+            "  asked by:  alice@example.com — INC-1: checkout 500s\n",
+            "  change:    checkout-flags flag.set new_flow: on → off\n",
+            "  probe:     web: before 0.00% (3/3 ok, p99 4.7ms) | after 0.00% (3/3 ok, p99 4.2ms)\n",
+            "  web              max_increase  0%              0.00%      0.00%  pass\n",
+            "  verdict:   pass after 2 bake round(s)\n",
+            "  hold:      ",
+        ] {
+            assert!(text.contains(want), "{want:?} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn a_rejected_command_shows_its_reason() {
+        let text = record(&fixture("get_rejected"));
+        assert!(
+            text.contains(
+                "  reason:    not_permitted: no policy rule allows flag.set on locked-flags\n"
+            ),
+            "{text}"
+        );
+        assert!(text.starts_with("rejected     sha256:"), "{text}");
+    }
+
+    #[test]
+    fn a_dry_run_shows_the_intended_state() {
+        for name in ["get_planned", "get_archived_planned"] {
+            let text = record(&fixture(name));
+            assert!(
+                text.contains("  change:    checkout-flags flag.set dark_mode: off (DISABLED) → on (DISABLED)\n"),
+                "{name}:\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_archived_command_shows_what_its_receipt_says() {
+        let text = record(&fixture("get_archived_reverted"));
+        assert!(
+            text.starts_with("reverted     01M91FE6KERKX3CPQ6APV1X0YK\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  change:    checkout-flags flag.set new_flow: on → off (reverted)\n"),
+            "{text}"
+        );
+        assert!(text.contains("  verdict:   pass"), "{text}");
+        assert!(!text.contains("  hold:"), "{text}");
+    }
+
+    #[test]
+    fn hotfixes_show_change_hold_and_reason() {
+        let text = hotfixes(&fixture("hotfixes"));
+        let line = text.lines().nth(1).unwrap_or_default();
+        assert!(
+            line.starts_with("01M91FE6KERKX3CPQ6APV1X0YK   29m 58s"),
+            "{text}"
+        );
+        assert!(
+            line.contains("checkout-flags flag.set new_flow on→off")
+                && line.ends_with("INC-1: checkout 500s"),
+            "{text}"
+        );
+        assert_eq!(hotfixes(&fixture("hotfixes_empty")), "no active hotfixes\n");
+    }
 }

@@ -2,10 +2,10 @@
 //! hotfixes, or the fleet view of a command.
 
 use clap::Args;
-use serde_json::Value;
 
-use super::client::{get_json, http_client};
+use super::client::{answer_error, get_json, http_client, read_answer};
 use super::{render, CliResult, Conn, Failure};
+use crate::api::{self, CommandAnswer, Hotfixes};
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
@@ -31,27 +31,31 @@ pub async fn run(args: StatusArgs) -> CliResult {
     let base = args.agent.trim_end_matches('/');
     match &args.id {
         Some(id) => {
-            let (code, record) = get_json(&client, &format!("{base}/v1/commands/{id}")).await?;
+            let url = format!("{base}{}", api::command_path(id));
+            let (code, body) = get_json(&client, &url).await?;
             if code != 200 {
-                return Err(Failure::error(
-                    record
-                        .get("message")
-                        .and_then(Value::as_str)
-                        .unwrap_or("not found"),
-                ));
+                return Err(Failure::error(answer_error(code, &body)));
             }
+            let record: CommandAnswer = read_answer(&url, &body)?;
             if args.conn.json {
-                println!("{}", serde_json::to_string_pretty(&record)?);
+                println!("{}", serde_json::to_string_pretty(&body)?);
             } else {
                 print!("{}", render::record(&record));
             }
         }
         None => {
-            let (_, body) = get_json(&client, &format!("{base}/v1/hotfixes")).await?;
+            let url = format!("{base}{}", api::HOTFIXES_PATH);
+            let (code, body) = get_json(&client, &url).await?;
+            if code != 200 {
+                return Err(Failure::error(answer_error(code, &body)));
+            }
             if args.conn.json {
                 println!("{}", serde_json::to_string_pretty(&body)?);
             } else {
-                print!("{}", render::hotfixes(&body));
+                print!(
+                    "{}",
+                    render::hotfixes(&read_answer::<Hotfixes>(&url, &body)?)
+                );
             }
         }
     }
