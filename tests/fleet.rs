@@ -67,11 +67,15 @@ fn publish(op: &Env, nats: &NatsServer, envelope: &[u8]) -> u64 {
     v["stream_seq"].as_u64().expect("stream_seq")
 }
 
-/// `tourniquet status ID --nats URL --json`.
+/// `tourniquet status ID --nats URL --json`: exit 0, or 2 when (and only
+/// when) every agent rejected the command.
 fn fleet_view(op: &Env, nats: &NatsServer, id: &str) -> Value {
     let (code, out, err) = op.cli(&["status", id, "--nats", &nats.url(), "--json"]);
-    assert_eq!(code, 0, "status --nats: {out}{err}");
-    serde_json::from_str(out.trim()).expect("status json")
+    let v: Value = serde_json::from_str(out.trim())
+        .unwrap_or_else(|e| panic!("status json ({e}): {out}{err}"));
+    let want = if v["all_rejected"] == true { 2 } else { 0 };
+    assert_eq!(code, want, "status --nats: {out}{err}");
+    v
 }
 
 /// Waits until the fleet view shows `agent` with an outcome `pred` accepts.
@@ -357,6 +361,15 @@ fn a_failing_first_wave_halts_the_later_waves() {
     let view = fleet_view(&op, &nats, &id);
     assert_eq!(view["by_wave"]["1"]["halted"], late.len(), "{view}");
     assert_eq!(view["by_outcome"]["halted"], late.len(), "{view}");
+    // Every agent refused it: `status` says so and exits 2 (rejected).
+    assert_eq!(view["all_rejected"], true, "{view}");
+    let (code, out, err) = op.cli(&["status", &id, "--nats", &nats.url()]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        out.contains(&format!("every agent ({}) rejected it", names.len())),
+        "{out}"
+    );
+    assert!(err.contains("rejected"), "{err}");
 }
 
 #[test]
@@ -507,4 +520,193 @@ fn least_privilege_credentials_from_infra_are_enough_and_agents_cannot_publish_c
     assert!(!err.contains("agent-pw-1"), "no password in errors: {err}");
     let logs = agent.agent.as_mut().unwrap().logs();
     assert!(!logs.contains("agent-pw-1"), "no password in logs");
+}
+
+/// Runs the CLI and fails the test unless it exits within `limit`: for a
+/// command that must end on its own long before the limit it was given.
+fn cli_ends_within(op: &Env, args: &[&str], limit: Duration) -> (i32, String, String) {
+    use std::io::Read;
+    let mut child = std::process::Command::new(tourniquet_e2e::bin())
+        .args(args)
+        .current_dir(op.path(""))
+        .env_remove("TOURNIQUET_KEY")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run tourniquet");
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "`tourniquet {}` did not end within {limit:?}",
+                args.join(" ")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (mut out, mut err) = (String::new(), String::new());
+    if let Some(mut o) = child.stdout.take() {
+        o.read_to_string(&mut out).expect("stdout");
+    }
+    if let Some(mut e) = child.stderr.take() {
+        e.read_to_string(&mut err).expect("stderr");
+    }
+    (status.code().unwrap_or(-1), out, err)
+}
+
+#[test]
+fn agents_waiting_for_their_wave_show_as_waiting_and_a_halt_ends_the_follow_up() {
+    let op = operator();
+    let nats = NatsServer::start();
+    init_streams(&op, &nats);
+    let names = ["s-a", "s-b", "s-c", "s-d"];
+    let (id, early, late) = split_into_waves(&names, 50);
+    let policy = fleet_policy(&op);
+    let mut agents: Vec<FleetAgent> = names
+        .iter()
+        .map(|n| FleetAgent::new(n, r#"env = "prod""#, &policy, &nats.url(), FLEET))
+        .collect();
+    for a in agents.iter_mut() {
+        a.start();
+    }
+
+    // `fleet ls --expect 4` ends once the four have answered, long before
+    // its ten-minute limit.
+    let (code, out, err) = cli_ends_within(
+        &op,
+        &[
+            "fleet",
+            "ls",
+            "--nats",
+            &nats.url(),
+            "--expect",
+            "4",
+            "--listen",
+            "10m",
+            "--json",
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let seen: Value = serde_json::from_str(&out).expect("fleet ls json");
+    for n in names {
+        assert_eq!(seen[n]["fleet"], FLEET, "{out}");
+    }
+
+    // Wave 1 starts a minute after wave 0: long after these checks.
+    let mut p = command(json!({}), set_new_flow("off"));
+    p["id"] = json!(id);
+    p["rollout"] = json!({"waves": [50, 100], "wave_bake": "60s"});
+    std::fs::write(op.path("waved.json"), sign(&p, &[op.key("alice")])).unwrap();
+    let (code, out, err) = op.cli(&["send", "waved.json", "--to", &nats.url(), "--fleet", FLEET]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        !err.contains("warning"),
+        "agents of the fleet answer, so no warning: {err}"
+    );
+    for a in &early {
+        wait_outcome(&op, &nats, &id, a, |o| o["outcome"] == "kept");
+    }
+    let view = fleet_view(&op, &nats, &id);
+    assert_eq!(view["silent"], json!([]), "waiting is not silent: {view}");
+    let mut waiting: Vec<String> = view["waiting"]
+        .as_array()
+        .expect("waiting")
+        .iter()
+        .map(|w| w.as_str().unwrap().to_string())
+        .collect();
+    waiting.sort();
+    assert_eq!(waiting, late, "{view}");
+    for p in view["pending"].as_array().unwrap() {
+        assert_eq!(p["state"], "waiting_for_wave", "{view}");
+        assert_eq!(p["wave"], 1, "{view}");
+        let secs = p["starts_in_s"].as_u64().expect("starts_in_s");
+        assert!(secs > 0 && secs <= 60, "{view}");
+    }
+    assert_eq!(view["next_wave"]["wave"], 1, "{view}");
+    let (code, out, err) = op.cli(&["status", &id, "--nats", &nats.url()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("waiting for wave 1 (starts in "), "{out}");
+    assert!(!out.contains("silent"), "{out}");
+
+    // After a halt, `halt` points at the halted rollout rather than at a
+    // halt that has no receipts to follow, and the view says it is halted.
+    let (code, out, err) = op.cli(&[
+        "halt",
+        &id,
+        "--reason",
+        "INC-8: wave 0 looks wrong",
+        "--key",
+        "alice_ed25519",
+        "--send",
+        &nats.url(),
+        "--fleet",
+        FLEET,
+    ]);
+    assert_eq!(code, 0, "halt: {out}{err}");
+    assert!(out.contains(&format!("rollout {id} is halted")), "{out}");
+    assert!(!out.contains("--watch"), "{out}");
+    let view = fleet_view(&op, &nats, &id);
+    assert!(view["halted"]["by"].is_string(), "{view}");
+    assert!(view["next_wave"].is_null(), "{view}");
+    for p in view["pending"].as_array().unwrap() {
+        assert_eq!(p["state"], "will_report_halted", "{view}");
+    }
+    // `--watch` has nothing left to follow and ends, well before --wait.
+    let (code, out, err) = cli_ends_within(
+        &op,
+        &[
+            "status",
+            &id,
+            "--nats",
+            &nats.url(),
+            "--watch",
+            "--wait",
+            "600",
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("halted:   by "), "{out}");
+    assert!(!out.contains("waiting for wave"), "{out}");
+    assert!(!out.contains("next:"), "{out}");
+}
+
+#[test]
+fn a_send_to_a_fleet_no_agent_answers_for_warns_and_still_publishes() {
+    let op = operator();
+    let nats = NatsServer::start();
+    init_streams(&op, &nats);
+    let mut agent = FleetAgent::new(
+        "nb-1",
+        r#"env = "prod""#,
+        &fleet_policy(&op),
+        &nats.url(),
+        FLEET,
+    );
+    agent.start();
+    let p = command(json!({}), set_new_flow("off"));
+    std::fs::write(op.path("typo.json"), sign(&p, &[op.key("alice")])).unwrap();
+    let (code, out, err) = op.cli(&[
+        "send",
+        "typo.json",
+        "--to",
+        &nats.url(),
+        "--fleet",
+        "chekout",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "a warning, not a refusal: {out}{err}");
+    assert!(
+        err.contains("warning: no agent of fleet 'chekout'") && err.contains("fleet ls"),
+        "{err}"
+    );
+    let sent: Value = serde_json::from_str(out.trim()).expect("send --json");
+    assert!(sent["stream_seq"].as_u64().is_some(), "published: {sent}");
+    assert_eq!(agent.variant("new_flow"), "on");
 }
