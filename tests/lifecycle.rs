@@ -320,14 +320,12 @@ fn a_newer_hotfix_on_the_same_flag_supersedes_the_older() {
     );
     let (_, old) = get_json(&agent, &format!("/v1/commands/{first}"));
     assert_eq!(old["state"], "superseded");
-    let (_, hotfixes) = get_json(&agent, "/v1/hotfixes");
-    let ids: Vec<&str> = hotfixes["hotfixes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h["id"].as_str().unwrap())
+    let ids: Vec<String> = hotfixes(&agent)
+        .hotfixes
+        .into_iter()
+        .map(|h| h.id)
         .collect();
-    assert_eq!(ids, vec![second.as_str()]);
+    assert_eq!(ids, vec![second.clone()]);
     // Reverting the older one is refused, and the refusal names the
     // command to revert instead, in words and as a field.
     let (code, out, err) = env.revert_cli(&first, "done", "alice", &agent.url, &["--json"]);

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tempfile::TempDir;
+use tourniquet::api::{self, CommandAnswer, Hotfixes, Identity};
 use tourniquet::command::envelope::{self, Envelope, COMMAND_NAMESPACE, COMMAND_PAYLOAD_TYPE};
 use tourniquet::trust::keys::{self, Signer};
 
@@ -482,9 +483,50 @@ pub fn get_json(agent: &Agent, path: &str) -> (u16, Value) {
     (s, serde_json::from_slice(&b).unwrap_or(Value::Null))
 }
 
+/// Reads an agent's answer as its API type, failing the test with the body
+/// when it does not fit: a renamed or missing field shows here.
+pub fn read_answer<T: serde::de::DeserializeOwned>(what: &str, body: &Value) -> T {
+    T::deserialize(body)
+        .unwrap_or_else(|e| panic!("{what}: the answer does not read ({e}): {body:#}"))
+}
+
+/// `GET /v1/commands/{id}` as the API type; `None` when the agent has no
+/// such command (404).
+pub fn command(agent: &Agent, id: &str) -> Option<CommandAnswer> {
+    let path = api::command_path(id);
+    match get_json(agent, &path) {
+        (200, body) => Some(read_answer(&path, &body)),
+        (404, _) => None,
+        (status, body) => panic!("GET {path}: {status} {body}"),
+    }
+}
+
+/// `GET /v1/hotfixes` as the API type.
+pub fn hotfixes(agent: &Agent) -> Hotfixes {
+    match get_json(agent, api::HOTFIXES_PATH) {
+        (200, body) => read_answer(api::HOTFIXES_PATH, &body),
+        (status, body) => panic!("GET {}: {status} {body}", api::HOTFIXES_PATH),
+    }
+}
+
+/// `GET /v1/identity` as the API type.
+pub fn identity(agent: &Agent) -> Identity {
+    match get_json(agent, api::IDENTITY_PATH) {
+        (200, body) => read_answer(api::IDENTITY_PATH, &body),
+        (status, body) => panic!("GET {}: {status} {body}", api::IDENTITY_PATH),
+    }
+}
+
 /// Waits until the command settles (kept, rolled back, reverted, …).
 pub fn wait_settled(agent: &Agent, id: &str) -> Value {
-    wait_state(agent, id, |r| r["settled"] == json!(true))
+    wait_state(agent, id, |r| {
+        read_answer::<CommandAnswer>(&format!("command {id}"), r).settled()
+    })
+}
+
+/// [`wait_settled`], as the API type.
+pub fn wait_settled_answer(agent: &Agent, id: &str) -> CommandAnswer {
+    read_answer(&format!("command {id}"), &wait_settled(agent, id))
 }
 
 /// Waits until the command's record satisfies `pred`.

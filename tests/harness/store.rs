@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::{get_json, http_request, Agent};
+use crate::{get_json, http_request, read_answer, Agent};
 
 /// A tmpfs mounted by a test; unmounted on drop (lazily if it is busy).
 pub struct Tmpfs {
@@ -269,15 +269,12 @@ pub fn metric_sum(text: &str, name: &str) -> f64 {
 /// `GET /v1/hotfixes`: the ids in force (None if the agent did not answer
 /// with a list).
 pub fn hotfix_ids(agent: &Agent) -> Option<Vec<String>> {
-    let (status, v) = get_json(agent, "/v1/hotfixes");
+    let (status, v) = get_json(agent, tourniquet::api::HOTFIXES_PATH);
     if status != 200 {
         return None;
     }
-    v["hotfixes"].as_array().map(|a| {
-        a.iter()
-            .filter_map(|h| h["id"].as_str().map(String::from))
-            .collect()
-    })
+    let list: tourniquet::api::Hotfixes = read_answer("hotfixes", &v);
+    Some(list.hotfixes.into_iter().map(|h| h.id).collect())
 }
 
 /// How much a directory tree holds.
