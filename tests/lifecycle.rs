@@ -344,7 +344,11 @@ fn a_newer_hotfix_on_the_same_flag_supersedes_the_older() {
     .expect("receipt envelope");
     let receipt: Value = serde_json::from_slice(&receipt.payload_bytes().unwrap()).unwrap();
     assert_eq!(receipt["superseded_by"], second.as_str(), "{receipt}");
-    assert_eq!(env.variant("new_flow"), "off", "a refused revert changes nothing");
+    assert_eq!(
+        env.variant("new_flow"),
+        "off",
+        "a refused revert changes nothing"
+    );
     // Reverting the newer one restores what was there before both.
     let (code, _, err) = env.revert_cli(&second, "done", "alice", &agent.url, &[]);
     assert_eq!(code, 0, "{err}");
