@@ -78,6 +78,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome, for conversions and tests.
     pub const ALL: [Outcome; 7] = [
         Outcome::Kept,
         Outcome::RolledBack,
@@ -286,4 +287,27 @@ pub fn verify_receipt(env: &Envelope, agent_public_key: &str) -> Result<Receipt,
     }
     envelope::verify_sshsig(RECEIPT_NAMESPACE, &message, &sig)?;
     serde_json::from_slice(&bytes).map_err(|e| format!("receipt payload: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_outcome_is_written_as_the_state_it_settles_in() {
+        for o in Outcome::ALL {
+            let json = serde_json::to_string(&o).unwrap();
+            assert_eq!(json, format!("\"{}\"", o.state().as_str()));
+            assert_eq!(serde_json::from_str::<Outcome>(&json).unwrap(), o);
+            assert_eq!(Outcome::from_state(o.state()), Some(o));
+        }
+        for s in [
+            State::Received,
+            State::Verified,
+            State::Applied,
+            State::Baking,
+        ] {
+            assert_eq!(Outcome::from_state(s), None, "{s:?} is not a resting state");
+        }
+    }
 }
