@@ -526,7 +526,7 @@ impl AgentConfig {
             }
             r.provider
                 .validate()
-                .map_err(|why| invalid(format!("resources.{name}"), why))?;
+                .map_err(|why| invalid(format!("resources.{name}"), why.to_string()))?;
             if let Some(g) = &r.guard {
                 for p in &g.probes {
                     if !self.probes.contains_key(p) {
@@ -779,7 +779,10 @@ impl AgentConfig {
         }
 
         for (name, r) in &self.resources {
-            let ResourceConfig::FlagsFile(flags) = &r.provider else {
+            let Some(flags) = r
+                .provider
+                .get::<tourniquet_providers::flags_file::FlagsFileConfig>()
+            else {
                 continue;
             };
             let at = format!("{config_origin}: resources.{name}.path");
@@ -1000,7 +1003,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let text = "[agent]\nstate_dir = \"s\"\npolicy = \"p\"\n[resources.edge]\nkind = \"nginx\"\ninclude = \"hotfixes.conf\"\nconf = \"conf/nginx.conf\"\nprefix = \"run\"\nerror_log = \"logs/error.log\"\nbinary = \"sbin/nginx\"\n";
         let cfg = AgentConfig::from_toml(text, "agent.toml", dir.path()).unwrap();
-        let ResourceConfig::Nginx(nginx) = &cfg.resources["edge"].provider else {
+        let Some(nginx) = cfg.resources["edge"]
+            .provider
+            .get::<tourniquet_providers::nginx::NginxConfig>()
+        else {
             panic!("not nginx");
         };
         assert_eq!(nginx.include, dir.path().join("hotfixes.conf"));
@@ -1015,7 +1021,10 @@ mod tests {
             dir.path(),
         )
         .unwrap();
-        let ResourceConfig::Nginx(nginx) = &cfg.resources["edge"].provider else {
+        let Some(nginx) = cfg.resources["edge"]
+            .provider
+            .get::<tourniquet_providers::nginx::NginxConfig>()
+        else {
             panic!("not nginx");
         };
         assert_eq!(nginx.binary, Path::new("nginx"));
@@ -1036,7 +1045,10 @@ mod tests {
         let relative = up.join(file.strip_prefix("/").unwrap());
         assert!(relative.is_relative());
         let cfg = AgentConfig::load(&relative).unwrap();
-        let ResourceConfig::Nginx(nginx) = &cfg.resources["edge"].provider else {
+        let Some(nginx) = cfg.resources["edge"]
+            .provider
+            .get::<tourniquet_providers::nginx::NginxConfig>()
+        else {
             panic!("not nginx");
         };
         let conf = nginx.conf.clone().unwrap();

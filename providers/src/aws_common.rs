@@ -27,7 +27,7 @@ use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata, S
 use serde_json::{json, Value};
 use tokio::sync::OnceCell;
 
-use crate::ProviderError;
+use crate::{ConfigError, ProviderError};
 
 /// The first backoff; each retry doubles it, up to [`MAX_BACKOFF`].
 const BASE_BACKOFF: Duration = Duration::from_millis(100);
@@ -59,25 +59,96 @@ pub(crate) fn default_max_attempts() -> u32 {
     4
 }
 
+/// Declares an AWS resource's config struct: its own fields, then the
+/// client settings every AWS kind shares, written once here. (A flattened
+/// `ClientSettings` would be shorter, but serde's `flatten` does not work
+/// with `deny_unknown_fields`, and a misspelt field must fail the config.)
+macro_rules! aws_resource_config {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $($(#[$fmeta:meta])* pub $field:ident : $ty:ty,)*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            $($(#[$fmeta])* pub $field: $ty,)*
+            /// The AWS region. Default: the standard chain (`AWS_REGION`, the
+            /// profile, IMDS).
+            #[serde(default)]
+            pub region: Option<String>,
+            /// Another endpoint: a VPC endpoint, or an emulator in tests.
+            /// Default: the service's endpoint for the region.
+            #[serde(default)]
+            pub endpoint_url: Option<String>,
+            /// How long connecting may take. Default: 3s.
+            #[serde(
+                default = "crate::aws_common::default_connect_timeout",
+                with = "crate::duration"
+            )]
+            pub connect_timeout: std::time::Duration,
+            /// How long one try of a call may take. Default: 10s.
+            #[serde(
+                default = "crate::aws_common::default_attempt_timeout",
+                with = "crate::duration"
+            )]
+            pub attempt_timeout: std::time::Duration,
+            /// How long one call may take, retries included. Default: 30s.
+            #[serde(
+                default = "crate::aws_common::default_operation_timeout",
+                with = "crate::duration"
+            )]
+            pub operation_timeout: std::time::Duration,
+            /// Tries per call when throttled, on 5xx and on timeouts. Default: 4.
+            #[serde(default = "crate::aws_common::default_max_attempts")]
+            pub max_attempts: u32,
+        }
+
+        impl $name {
+            /// How this resource's clients reach AWS.
+            pub fn client_settings(&self) -> crate::aws_common::ClientSettings {
+                crate::aws_common::ClientSettings {
+                    region: self.region.clone(),
+                    endpoint_url: self.endpoint_url.clone(),
+                    connect_timeout: self.connect_timeout,
+                    attempt_timeout: self.attempt_timeout,
+                    operation_timeout: self.operation_timeout,
+                    max_attempts: self.max_attempts,
+                }
+            }
+        }
+    };
+}
+pub(crate) use aws_resource_config;
+
 impl ClientSettings {
     /// Config-time checks.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(r) = &self.region {
             if r.is_empty()
                 || !r
                     .bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             {
-                return Err(format!("region: {r:?} is not an AWS region name"));
+                return Err(ConfigError::field(
+                    "region",
+                    format!("{r:?} is not an AWS region name"),
+                ));
             }
         }
         if let Some(u) = &self.endpoint_url {
-            let url = reqwest::Url::parse(u).map_err(|e| format!("endpoint_url: {e}"))?;
+            let url = reqwest::Url::parse(u)
+                .map_err(|e| ConfigError::field("endpoint_url", e.to_string()))?;
             if !matches!(url.scheme(), "http" | "https")
                 || url.host_str().is_none()
                 || url.query().is_some()
             {
-                return Err("endpoint_url: must be an http(s):// URL without a query".into());
+                return Err(ConfigError::field(
+                    "endpoint_url",
+                    "must be an http(s):// URL without a query",
+                ));
             }
         }
         for (name, d) in [
@@ -86,14 +157,20 @@ impl ClientSettings {
             ("operation_timeout", self.operation_timeout),
         ] {
             if d.is_zero() {
-                return Err(format!("{name}: must be more than zero"));
+                return Err(ConfigError::field(name, "must be more than zero"));
             }
         }
         if self.operation_timeout < self.attempt_timeout {
-            return Err("operation_timeout: must be at least attempt_timeout".into());
+            return Err(ConfigError::field(
+                "operation_timeout",
+                "must be at least attempt_timeout",
+            ));
         }
         if !(1..=10).contains(&self.max_attempts) {
-            return Err("max_attempts: must be between 1 and 10".into());
+            return Err(ConfigError::field(
+                "max_attempts",
+                "must be between 1 and 10",
+            ));
         }
         Ok(())
     }
@@ -464,7 +541,7 @@ mod tests {
             operation_timeout: Duration::from_secs(5),
             max_attempts: 3,
         };
-        assert_eq!(good.validate(), Ok(()));
+        assert!(good.validate().is_ok());
         for bad in [
             ClientSettings {
                 region: Some("EU Central".into()),

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::ProviderError;
+use crate::{ConfigError, ProviderError};
 
 /// The CA bundle Debian's ca-certificates installs.
 pub const DEFAULT_CA_FILE: &str = "/etc/ssl/certs/ca-certificates.crt";
@@ -38,7 +38,7 @@ pub fn read_token(file: Option<&Path>, env: Option<&str>) -> Result<String, Prov
 }
 
 /// Config-time check of the token source.
-pub fn check_token_source(file: Option<&Path>, env: Option<&str>) -> Result<(), String> {
+pub fn check_token_source(file: Option<&Path>, env: Option<&str>) -> Result<(), ConfigError> {
     match (file, env) {
         (Some(f), None) if !f.as_os_str().is_empty() => Ok(()),
         (None, Some(v))
@@ -46,11 +46,12 @@ pub fn check_token_source(file: Option<&Path>, env: Option<&str>) -> Result<(), 
         {
             Ok(())
         }
-        (Some(_), Some(_)) => Err("give only one of token_file and token_env".into()),
-        _ => Err(
-            "give token_file (a file holding the API token) or token_env (the variable holding it)"
-                .into(),
-        ),
+        (Some(_), Some(_)) => Err(ConfigError::fields(
+            "give only one of token_file and token_env",
+        )),
+        _ => Err(ConfigError::fields(
+            "give token_file (a file holding the API token) or token_env (the variable holding it)",
+        )),
     }
 }
 

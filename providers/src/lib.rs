@@ -22,6 +22,7 @@ pub mod aws_secretsmanager;
 #[cfg(feature = "aws")]
 pub mod aws_wafv2;
 mod cdn;
+pub mod cidr;
 pub mod cloudflare;
 mod duration;
 pub mod fastly;
@@ -29,6 +30,7 @@ pub mod flags_file;
 mod fsutil;
 pub mod nginx;
 pub mod purge;
+pub mod registry;
 pub mod varnish;
 
 use std::path::{Path, PathBuf};
@@ -38,6 +40,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 pub use fsutil::{replace_file, write_atomically, ManagedFile, ManagedFileError, SafeDir};
+pub use registry::{Declaration, KindDecl, OpDecl, ParamDecl, ParamError, ParamKind};
 
 /// One action of a command, as a provider sees it: an op and its parameters.
 /// The resource name has already been resolved to this provider instance.
@@ -146,242 +149,140 @@ pub trait Provider: Send + Sync {
     }
 }
 
-/// The `kind`-tagged resource declaration from the agent config.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "kind")]
-pub enum ResourceConfig {
-    /// A flagd / OpenFeature flag-definition file.
-    #[serde(rename = "flags-file")]
-    FlagsFile(flags_file::FlagsFileConfig),
-    /// An nginx server's managed include file: deny lists and brownouts.
-    #[serde(rename = "nginx")]
-    Nginx(Box<nginx::NginxConfig>),
-    /// A Varnish cache: `cdn.purge` through its admin port or HTTP.
-    #[serde(rename = "varnish")]
-    Varnish(Box<varnish::VarnishConfig>),
-    /// A Fastly service: `cdn.purge` through Fastly's API.
-    #[serde(rename = "fastly")]
-    Fastly(Box<fastly::FastlyConfig>),
-    /// A Cloudflare zone: `cdn.purge` through Cloudflare's API.
-    #[serde(rename = "cloudflare")]
-    Cloudflare(Box<cloudflare::CloudflareConfig>),
-    /// A secret in AWS Secrets Manager: `secret.rollback`.
-    #[cfg(feature = "aws")]
-    #[serde(rename = "aws-secretsmanager")]
-    AwsSecretsManager(Box<aws_secretsmanager::SecretsManagerConfig>),
-    /// A Lambda function and alias: `lambda.alias`, `lambda.concurrency`.
-    #[cfg(feature = "aws")]
-    #[serde(rename = "aws-lambda")]
-    AwsLambda(Box<aws_lambda::LambdaConfig>),
-    /// A WAFv2 IP set: `waf.block`.
-    #[cfg(feature = "aws")]
-    #[serde(rename = "aws-wafv2")]
-    AwsWafv2(Box<aws_wafv2::WafConfig>),
-    /// A CloudFront distribution: `cdn.purge`.
-    #[cfg(feature = "aws")]
-    #[serde(rename = "aws-cloudfront")]
-    AwsCloudFront(Box<aws_cloudfront::CloudFrontConfig>),
-    /// An EC2 Auto Scaling group: `asg.cap`.
-    #[cfg(feature = "aws")]
-    #[serde(rename = "aws-autoscaling")]
-    AwsAutoScaling(Box<aws_autoscaling::AutoScalingConfig>),
-    /// Any `aws-*` kind in a binary built without the `aws` feature: it
-    /// never parses, so the config error says why.
-    #[cfg(not(feature = "aws"))]
-    #[serde(
-        rename = "aws-secretsmanager",
-        alias = "aws-lambda",
-        alias = "aws-wafv2",
-        alias = "aws-cloudfront",
-        alias = "aws-autoscaling"
-    )]
-    AwsNotBuilt(AwsNotBuilt),
+/// Why a resource declaration was refused, before anything was built.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// One field holds a value that cannot work.
+    #[error("{field}: {why}")]
+    Field { field: String, why: String },
+    /// Fields that must come together (or apart) do not.
+    #[error("{0}")]
+    Fields(String),
 }
 
-/// Stands for an AWS resource kind in a binary without the `aws` feature.
-/// It has no values: deserialising one always fails with the reason.
-#[cfg(not(feature = "aws"))]
-#[derive(Debug, Clone)]
-pub enum AwsNotBuilt {}
-
-#[cfg(not(feature = "aws"))]
-impl<'de> Deserialize<'de> for AwsNotBuilt {
-    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
-        Err(serde::de::Error::custom(
-            "aws-* resource kinds are not in this binary: it was built without the `aws` feature (build with default features to manage AWS resources)",
-        ))
+impl ConfigError {
+    pub fn field(field: impl Into<String>, why: impl Into<String>) -> ConfigError {
+        ConfigError::Field {
+            field: field.into(),
+            why: why.into(),
+        }
     }
+
+    pub fn fields(why: impl Into<String>) -> ConfigError {
+        ConfigError::Fields(why.into())
+    }
+}
+
+/// Every resource kind of this build: one line per provider. A provider
+/// is its folder (config, runtime, and a `KIND` declaring its ops) plus its
+/// line here; the CLI verbs, `tourniquet ops`, typed `new --param` and the
+/// readable change lines all come from the declarations.
+#[cfg_attr(not(feature = "aws"), allow(unused_mut))]
+fn registered_kinds() -> Vec<&'static KindDecl> {
+    let mut kinds: Vec<&'static KindDecl> = vec![
+        &flags_file::KIND,
+        &nginx::KIND,
+        &varnish::KIND,
+        &fastly::KIND,
+        &cloudflare::KIND,
+    ];
+    #[cfg(feature = "aws")]
+    kinds.push(&aws_secretsmanager::KIND);
+    #[cfg(feature = "aws")]
+    kinds.push(&aws_lambda::KIND);
+    #[cfg(feature = "aws")]
+    kinds.push(&aws_wafv2::KIND);
+    #[cfg(feature = "aws")]
+    kinds.push(&aws_cloudfront::KIND);
+    #[cfg(feature = "aws")]
+    kinds.push(&aws_autoscaling::KIND);
+    kinds
+}
+
+/// The `kind`-tagged resource declaration from the agent config, read
+/// through the registry: `kind` picks the [`KindDecl`], which reads the
+/// rest of the table.
+#[derive(Debug, Clone)]
+pub struct ResourceConfig {
+    kind: &'static KindDecl,
+    declaration: Box<dyn Declaration>,
+}
+
+impl<'de> Deserialize<'de> for ResourceConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut fields = Map::<String, Value>::deserialize(d)?;
+        let name = match fields.remove("kind") {
+            Some(Value::String(k)) => k,
+            Some(other) => {
+                return Err(D::Error::custom(format!(
+                    "kind: {other} is not a resource kind name"
+                )))
+            }
+            None => return Err(D::Error::missing_field("kind")),
+        };
+        let Some(kind) = registry::kind(&name) else {
+            return Err(D::Error::custom(unknown_kind(&name)));
+        };
+        let declaration = (kind.config)(Value::Object(fields)).map_err(D::Error::custom)?;
+        Ok(ResourceConfig { kind, declaration })
+    }
+}
+
+fn unknown_kind(name: &str) -> String {
+    if cfg!(not(feature = "aws")) && name.starts_with("aws-") {
+        return "aws-* resource kinds are not in this binary: it was built without the `aws` feature (build with default features to manage AWS resources)".into();
+    }
+    let known: Vec<&str> = registry::kinds().iter().map(|k| k.kind).collect();
+    format!(
+        "unknown resource kind {:?}; this build knows {}",
+        name.chars().take(64).collect::<String>(),
+        known.join(", ")
+    )
 }
 
 impl ResourceConfig {
     /// The kind name, as written in configs.
     pub fn kind(&self) -> &'static str {
-        match self {
-            ResourceConfig::FlagsFile(_) => "flags-file",
-            ResourceConfig::Nginx(_) => "nginx",
-            ResourceConfig::Varnish(_) => "varnish",
-            ResourceConfig::Fastly(_) => "fastly",
-            ResourceConfig::Cloudflare(_) => "cloudflare",
-            #[cfg(feature = "aws")]
-            ResourceConfig::AwsSecretsManager(_) => "aws-secretsmanager",
-            #[cfg(feature = "aws")]
-            ResourceConfig::AwsLambda(_) => "aws-lambda",
-            #[cfg(feature = "aws")]
-            ResourceConfig::AwsWafv2(_) => "aws-wafv2",
-            #[cfg(feature = "aws")]
-            ResourceConfig::AwsCloudFront(_) => "aws-cloudfront",
-            #[cfg(feature = "aws")]
-            ResourceConfig::AwsAutoScaling(_) => "aws-autoscaling",
-            #[cfg(not(feature = "aws"))]
-            ResourceConfig::AwsNotBuilt(never) => match *never {},
-        }
+        self.kind.kind
+    }
+
+    /// The kind's declaration: its ops, their params and renderings.
+    pub fn kind_decl(&self) -> &'static KindDecl {
+        self.kind
     }
 
     /// The ops this kind of resource supports, so `agent --check` can say
     /// when a policy permits an op that no declared resource has.
     pub fn supported_ops(&self) -> &'static [&'static str] {
-        match self {
-            ResourceConfig::FlagsFile(_) => &["flag.set", "flag.state"],
-            ResourceConfig::Nginx(_) => &["nginx.deny", "nginx.brownout"],
-            ResourceConfig::Varnish(_)
-            | ResourceConfig::Fastly(_)
-            | ResourceConfig::Cloudflare(_) => &["cdn.purge"],
-            #[cfg(feature = "aws")]
-            ResourceConfig::AwsSecretsManager(_) => &["secret.rollback"],
-            #[cfg(feature = "aws")]
-            ResourceConfig::AwsLambda(_) => &["lambda.alias", "lambda.concurrency"],
-            #[cfg(feature = "aws")]
-            ResourceConfig::AwsWafv2(_) => &["waf.block"],
-            #[cfg(feature = "aws")]
-            ResourceConfig::AwsCloudFront(_) => &["cdn.purge"],
-            #[cfg(feature = "aws")]
-            ResourceConfig::AwsAutoScaling(_) => &["asg.cap"],
-            #[cfg(not(feature = "aws"))]
-            ResourceConfig::AwsNotBuilt(never) => match *never {},
-        }
+        registry::op_names(self.kind.kind)
+    }
+
+    /// The kind's own config struct, e.g. `get::<NginxConfig>()`.
+    pub fn get<C: 'static>(&self) -> Option<&C> {
+        self.declaration.as_any().downcast_ref::<C>()
     }
 
     /// What the agent's banner says about the resource.
     pub fn detail(&self) -> String {
-        match self {
-            ResourceConfig::FlagsFile(f) => f.path.display().to_string(),
-            ResourceConfig::Nginx(n) => n.include.display().to_string(),
-            ResourceConfig::Varnish(v) => match (&v.admin, &v.http) {
-                (Some(a), _) => format!("admin {}", a.address),
-                (_, Some(h)) => h.url.clone(),
-                _ => String::new(),
-            },
-            ResourceConfig::Fastly(f) => format!("service {} ({})", f.service_id, f.host),
-            ResourceConfig::Cloudflare(c) => format!("zone {} ({})", c.zone_id, c.host),
-            #[cfg(feature = "aws")]
-            ResourceConfig::AwsSecretsManager(c) => {
-                format!("secret {}, {}", c.secret_id, c.client_settings().describe())
-            }
-            #[cfg(feature = "aws")]
-            ResourceConfig::AwsLambda(c) => format!(
-                "function {} alias {}, {}",
-                c.function,
-                c.alias,
-                c.client_settings().describe()
-            ),
-            #[cfg(feature = "aws")]
-            ResourceConfig::AwsWafv2(c) => format!(
-                "IP set {}, {}",
-                c.ip_set_name,
-                c.client_settings().describe()
-            ),
-            #[cfg(feature = "aws")]
-            ResourceConfig::AwsCloudFront(c) => format!(
-                "distribution {}, {}",
-                c.distribution_id,
-                c.client_settings().describe()
-            ),
-            #[cfg(feature = "aws")]
-            ResourceConfig::AwsAutoScaling(c) => {
-                format!("group {}, {}", c.group, c.client_settings().describe())
-            }
-            #[cfg(not(feature = "aws"))]
-            ResourceConfig::AwsNotBuilt(never) => match *never {},
-        }
+        self.declaration.detail()
     }
 
-    /// The file paths in the declaration, so the agent can resolve relative
-    /// ones against the config file's directory.
+    /// Every file path in the declaration, so the agent can resolve
+    /// relative ones against the config file's directory.
     pub fn paths_mut(&mut self) -> Vec<&mut PathBuf> {
-        match self {
-            ResourceConfig::FlagsFile(c) => {
-                let mut out = vec![&mut c.path];
-                out.extend(c.last_known_good.as_mut());
-                out
-            }
-            ResourceConfig::Nginx(c) => c.paths_mut(),
-            ResourceConfig::Varnish(c) => c.paths_mut(),
-            ResourceConfig::Fastly(c) => c.paths_mut(),
-            ResourceConfig::Cloudflare(c) => c.paths_mut(),
-            #[cfg(feature = "aws")]
-            ResourceConfig::AwsSecretsManager(_)
-            | ResourceConfig::AwsLambda(_)
-            | ResourceConfig::AwsWafv2(_)
-            | ResourceConfig::AwsCloudFront(_)
-            | ResourceConfig::AwsAutoScaling(_) => Vec::new(),
-            #[cfg(not(feature = "aws"))]
-            ResourceConfig::AwsNotBuilt(never) => match *never {},
-        }
+        self.declaration.paths_mut()
     }
 
     /// Checks the declaration without building anything, so a broken config
     /// is refused before the agent starts.
-    pub fn validate(&self) -> Result<(), String> {
-        match self {
-            ResourceConfig::FlagsFile(c) => c.validate(),
-            ResourceConfig::Nginx(c) => c.validate(),
-            ResourceConfig::Varnish(c) => c.validate(),
-            ResourceConfig::Fastly(c) => c.validate(),
-            ResourceConfig::Cloudflare(c) => c.validate(),
-            #[cfg(feature = "aws")]
-            ResourceConfig::AwsSecretsManager(c) => c.validate(),
-            #[cfg(feature = "aws")]
-            ResourceConfig::AwsLambda(c) => c.validate(),
-            #[cfg(feature = "aws")]
-            ResourceConfig::AwsWafv2(c) => c.validate(),
-            #[cfg(feature = "aws")]
-            ResourceConfig::AwsCloudFront(c) => c.validate(),
-            #[cfg(feature = "aws")]
-            ResourceConfig::AwsAutoScaling(c) => c.validate(),
-            #[cfg(not(feature = "aws"))]
-            ResourceConfig::AwsNotBuilt(never) => match *never {},
-        }
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.declaration.validate()
     }
 
     /// Builds the runtime provider for this declaration.
     pub fn build(&self) -> Result<Box<dyn Provider>, ProviderError> {
-        match self {
-            ResourceConfig::FlagsFile(c) => Ok(Box::new(flags_file::FlagsFile::new(c.clone())?)),
-            ResourceConfig::Nginx(c) => Ok(Box::new(nginx::Nginx::new((**c).clone())?)),
-            ResourceConfig::Varnish(c) => Ok(Box::new(varnish::Varnish::new((**c).clone())?)),
-            ResourceConfig::Fastly(c) => Ok(Box::new(fastly::Fastly::new((**c).clone()))),
-            ResourceConfig::Cloudflare(c) => {
-                Ok(Box::new(cloudflare::Cloudflare::new((**c).clone())))
-            }
-            #[cfg(feature = "aws")]
-            ResourceConfig::AwsSecretsManager(c) => Ok(Box::new(
-                aws_secretsmanager::SecretsManager::new((**c).clone()),
-            )),
-            #[cfg(feature = "aws")]
-            ResourceConfig::AwsLambda(c) => Ok(Box::new(aws_lambda::Lambda::new((**c).clone()))),
-            #[cfg(feature = "aws")]
-            ResourceConfig::AwsWafv2(c) => Ok(Box::new(aws_wafv2::Waf::new((**c).clone()))),
-            #[cfg(feature = "aws")]
-            ResourceConfig::AwsCloudFront(c) => {
-                Ok(Box::new(aws_cloudfront::CloudFront::new((**c).clone())))
-            }
-            #[cfg(feature = "aws")]
-            ResourceConfig::AwsAutoScaling(c) => {
-                Ok(Box::new(aws_autoscaling::AutoScaling::new((**c).clone())))
-            }
-            #[cfg(not(feature = "aws"))]
-            ResourceConfig::AwsNotBuilt(never) => match *never {},
-        }
+        self.declaration.build()
     }
 }
 

@@ -9,6 +9,7 @@
 //! Revert restores min, max and desired as they were.
 
 mod config;
+mod declare;
 
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -16,6 +17,7 @@ use serde_json::{json, Value};
 use tokio::sync::OnceCell;
 
 pub use config::AutoScalingConfig;
+pub use declare::KIND;
 
 use crate::aws_common::{self, Aws, Tries};
 use crate::{ActionSpec, OpParams, Provider, ProviderError, State};
@@ -273,8 +275,8 @@ impl Provider for AutoScaling {
         Ok(after)
     }
 
-    fn reversible(&self, _op: &str) -> bool {
-        true
+    fn reversible(&self, op: &str) -> bool {
+        KIND.reversible(op)
     }
 }
 

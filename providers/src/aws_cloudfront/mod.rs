@@ -12,31 +12,22 @@
 //! states in the plan and the receipt (and it refuses a `hold`).
 
 mod config;
+mod declare;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_cloudfront::types::{InvalidationBatch, Paths};
-use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 
 pub use config::CloudFrontConfig;
+pub use declare::KIND;
 
 use crate::aws_common::{self, Aws, Tries};
-use crate::purge::{check_path, MAX_ITEMS, PURGE_OP};
-use crate::{ActionSpec, OpParams, Provider, ProviderError, State};
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PurgeParams {
-    paths: Vec<String>,
-}
-
-impl OpParams for PurgeParams {
-    const FIELDS: &'static [&'static str] = &["paths"];
-}
+use crate::purge::{Accepts, Cache, Purge};
+use crate::{ProviderError, State};
 
 /// The runtime of one `aws-cloudfront` resource.
 pub struct CloudFront {
@@ -65,30 +56,6 @@ impl CloudFront {
         format!("distribution {}", self.config.distribution_id)
     }
 
-    fn paths(&self, action: &ActionSpec) -> Result<Vec<String>, ProviderError> {
-        if action.op != PURGE_OP {
-            return Err(ProviderError::Invalid(format!(
-                "an aws-cloudfront resource does not support op {:?} (it supports {PURGE_OP})",
-                action.op
-            )));
-        }
-        let p: PurgeParams = action.parse_params()?;
-        let invalid = |m: String| ProviderError::Invalid(format!("{PURGE_OP}: paths: {m}"));
-        if p.paths.is_empty() || p.paths.len() > MAX_ITEMS {
-            return Err(invalid(format!("give between 1 and {MAX_ITEMS}")));
-        }
-        for path in &p.paths {
-            // One trailing `*` is CloudFront's wildcard; the rest is a path.
-            let plain = path.strip_suffix('*').unwrap_or(path);
-            let plain = if plain.is_empty() { "/" } else { plain };
-            check_path(plain, true).map_err(invalid)?;
-        }
-        let mut paths = p.paths;
-        paths.sort();
-        paths.dedup();
-        Ok(paths)
-    }
-
     fn caller_reference(paths: &[String]) -> String {
         let digest = Sha256::digest(paths.join("\n").as_bytes());
         let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
@@ -100,42 +67,40 @@ impl CloudFront {
     }
 }
 
+/// The paths of a purge: CloudFront invalidates by path only.
+fn paths(p: &Purge) -> &[String] {
+    p.target.items()
+}
+
 #[async_trait]
-impl Provider for CloudFront {
+impl Cache for CloudFront {
     fn kind(&self) -> &'static str {
         "aws-cloudfront"
     }
 
-    fn validate(&self, action: &ActionSpec) -> Result<(), ProviderError> {
-        self.paths(action).map(|_| ())
-    }
-
-    fn state_key(&self, action: &ActionSpec) -> String {
-        match self.paths(action) {
-            Ok(p) => format!("invalidate:{}", p.join(",")),
-            Err(_) => format!("op:{}", action.op),
+    fn accepts(&self) -> Accepts {
+        Accepts {
+            by: &["paths"],
+            soft: false,
+            wildcard: true,
         }
     }
 
-    async fn snapshot(&self, action: &ActionSpec) -> Result<State, ProviderError> {
-        let paths = self.paths(action)?;
-        Ok(
-            json!({"distribution": self.config.distribution_id, "paths": paths, "invalidated": false}),
-        )
+    fn idle(&self, p: &Purge) -> State {
+        json!({"distribution": self.config.distribution_id, "paths": paths(p), "invalidated": false})
     }
 
-    fn plan(&self, action: &ActionSpec, _before: &State) -> Result<State, ProviderError> {
-        let paths = self.paths(action)?;
-        Ok(json!({
+    fn planned(&self, p: &Purge) -> State {
+        json!({
             "distribution": self.config.distribution_id,
-            "paths": paths,
+            "paths": paths(p),
             "invalidated": true,
             "calls": ["cloudfront:CreateInvalidation", "cloudfront:GetInvalidation (until Completed)"],
-        }))
+        })
     }
 
-    async fn apply(&self, action: &ActionSpec) -> Result<State, ProviderError> {
-        let paths = self.paths(action)?;
+    async fn purge(&self, p: &Purge) -> Result<State, ProviderError> {
+        let paths = paths(p).to_vec();
         let client = self.client().await;
         let dist = &self.config.distribution_id;
         let mut tries = Tries::default();
@@ -232,23 +197,17 @@ impl Provider for CloudFront {
             "tries": tries.to_json(),
         }))
     }
-
-    async fn revert(&self, _action: &ActionSpec, before: &State) -> Result<State, ProviderError> {
-        Ok(before.clone())
-    }
-
-    fn reversible(&self, _op: &str) -> bool {
-        false
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::purge::{Purger, PURGE_OP};
+    use crate::{ActionSpec, Provider};
 
     #[test]
     fn paths_take_one_trailing_wildcard() {
-        let cf = CloudFront::new(CloudFrontConfig {
+        let cf = Purger(CloudFront::new(CloudFrontConfig {
             distribution_id: "E2QWRUHAPOMQZL".into(),
             wait_timeout: Duration::from_secs(60),
             poll_interval: Duration::from_secs(1),
@@ -258,7 +217,7 @@ mod tests {
             attempt_timeout: Duration::from_secs(1),
             operation_timeout: Duration::from_secs(1),
             max_attempts: 1,
-        });
+        }));
         let spec = |paths: serde_json::Value| ActionSpec {
             op: PURGE_OP.into(),
             params: json!({ "paths": paths })

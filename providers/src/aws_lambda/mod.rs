@@ -13,6 +13,7 @@
 //! the concurrency setting when there was none before.
 
 mod config;
+mod declare;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -24,6 +25,7 @@ use tokio::sync::OnceCell;
 
 pub(crate) use config::check_name;
 pub use config::LambdaConfig;
+pub use declare::KIND;
 
 use crate::aws_common::{self, Aws, Tries};
 use crate::{ActionSpec, OpParams, Provider, ProviderError, State};
@@ -454,8 +456,8 @@ impl Provider for Lambda {
         Ok(with_tries(after, &tries))
     }
 
-    fn reversible(&self, _op: &str) -> bool {
-        true
+    fn reversible(&self, op: &str) -> bool {
+        KIND.reversible(op)
     }
 }
 

@@ -17,6 +17,7 @@
 //! that matters.
 
 mod config;
+mod declare;
 
 use std::collections::BTreeMap;
 
@@ -26,6 +27,7 @@ use serde_json::{json, Value};
 use tokio::sync::OnceCell;
 
 pub use config::SecretsManagerConfig;
+pub use declare::KIND;
 
 use crate::aws_common::{self, Aws, Tries};
 use crate::{ActionSpec, OpParams, Provider, ProviderError, State};
@@ -298,8 +300,8 @@ impl Provider for SecretsManager {
         Ok(Self::with_tries(&now, &tries))
     }
 
-    fn reversible(&self, _op: &str) -> bool {
-        true
+    fn reversible(&self, op: &str) -> bool {
+        KIND.reversible(op)
     }
 }
 

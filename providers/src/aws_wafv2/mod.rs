@@ -13,9 +13,9 @@
 //! others added since stay.
 
 mod config;
+mod declare;
 
 use std::collections::BTreeSet;
-use std::net::IpAddr;
 
 use async_trait::async_trait;
 use aws_sdk_wafv2::types::Scope;
@@ -24,6 +24,7 @@ use serde_json::{json, Value};
 use tokio::sync::OnceCell;
 
 pub use config::{WafConfig, WafScope};
+pub use declare::KIND;
 
 use crate::aws_common::{self, Aws, AwsError, Tries};
 use crate::{ActionSpec, OpParams, Provider, ProviderError, State};
@@ -47,44 +48,13 @@ impl OpParams for BlockParams {
 /// Parses `a.b.c.d/n`, `x:y::/n` or a bare address (a host network) into
 /// its canonical form, masked to the network address, as WAF wants it.
 pub fn canonical_cidr(s: &str) -> Result<(String, bool), String> {
-    let shown: String = s.chars().take(64).collect();
-    let bad = |why: &str| format!("{shown:?} is not a CIDR: {why}");
-    if s.is_empty() || s.len() > 64 {
-        return Err(bad("wrong length"));
-    }
-    let (addr, len) = match s.split_once('/') {
-        Some((a, l)) => (a, Some(l)),
-        None => (s, None),
-    };
-    let ip: IpAddr = addr.parse().map_err(|_| bad("bad address"))?;
-    let max: u8 = if ip.is_ipv4() { 32 } else { 128 };
-    let len = match len {
-        None => max,
-        Some(l) => {
-            if l.is_empty()
-                || l.len() > 3
-                || !l.bytes().all(|b| b.is_ascii_digit())
-                || (l.len() > 1 && l.starts_with('0'))
-            {
-                return Err(bad("bad prefix length"));
-            }
-            let n: u8 = l.parse().map_err(|_| bad("bad prefix length"))?;
-            if n > max {
-                return Err(bad(&format!("prefix length over {max}")));
-            }
-            n
+    match crate::cidr::canonical(s) {
+        Ok(c) => Ok((c.text, c.ipv4)),
+        Err(crate::cidr::CidrError::Everything { text }) => {
+            Err(format!("{text:?} would block every address"))
         }
-    };
-    if len == 0 {
-        return Err(format!("{shown:?} would block every address"));
+        Err(e) => Err(e.to_string()),
     }
-    let net = match ip {
-        IpAddr::V4(v4) => IpAddr::V4((u32::from(v4) & (u32::MAX << (32 - u32::from(len)))).into()),
-        IpAddr::V6(v6) => {
-            IpAddr::V6((u128::from(v6) & (u128::MAX << (128 - u32::from(len)))).into())
-        }
-    };
-    Ok((format!("{net}/{len}"), ip.is_ipv4()))
 }
 
 /// An IP set as read: its addresses verbatim, and the lock token.
@@ -377,8 +347,8 @@ impl Provider for Waf {
         }))
     }
 
-    fn reversible(&self, _op: &str) -> bool {
-        true
+    fn reversible(&self, op: &str) -> bool {
+        KIND.reversible(op)
     }
 }
 

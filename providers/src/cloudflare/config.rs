@@ -3,6 +3,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::ConfigError;
+
 use crate::fastly::config_defaults as d;
 
 /// A Cloudflare zone the agent can purge through Cloudflare's API, by URL,
@@ -65,21 +67,25 @@ fn default_batch() -> usize {
 }
 
 impl CloudflareConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.zone_id.len() != 32 || !self.zone_id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err("zone_id: must be the zone's 32-hex-digit id".into());
+            return Err(ConfigError::field(
+                "zone_id",
+                "must be the zone's 32-hex-digit id",
+            ));
         }
-        crate::purge::check_host(&self.host).map_err(|e| format!("host: {e}"))?;
+        crate::purge::check_host(&self.host)
+            .map_err(|e| ConfigError::field("host", e.to_string()))?;
         if !matches!(self.scheme.as_str(), "http" | "https") {
-            return Err("scheme: must be http or https".into());
+            return Err(ConfigError::field("scheme", "must be http or https"));
         }
         crate::cdn::check_token_source(self.token_file.as_deref(), self.token_env.as_deref())?;
         d::check_api_url(&self.api_url)?;
         if self.timeout.is_zero() {
-            return Err("timeout: must be more than zero".into());
+            return Err(ConfigError::field("timeout", "must be more than zero"));
         }
         if !(1..=500).contains(&self.batch) {
-            return Err("batch: must be between 1 and 500".into());
+            return Err(ConfigError::field("batch", "must be between 1 and 500"));
         }
         Ok(())
     }

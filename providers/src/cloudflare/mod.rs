@@ -1,4 +1,4 @@
-//! `cloudflare`: `cdn.purge {paths | prefixes | keys | hosts}` through
+//! `cloudflare`: `cdn.purge {paths | prefixes | tags | hosts}` through
 //! Cloudflare's purge API.
 //!
 //! API reference: <https://developers.cloudflare.com/api/resources/cache/methods/purge/>
@@ -13,15 +13,17 @@
 //! Retry-After) are waited out, within bounds the config sets.
 
 mod config;
+mod declare;
 
 use async_trait::async_trait;
 use serde_json::{json, Value};
 
 pub use config::CloudflareConfig;
+pub use declare::KIND;
 
 use crate::cdn::{excerpt, read_token, ApiClient};
-use crate::purge::{self, Purge, Target};
-use crate::{ActionSpec, Provider, ProviderError, State};
+use crate::purge::{Accepts, Cache, Purge, Target};
+use crate::{ProviderError, State};
 
 /// The runtime of one `cloudflare` resource.
 pub struct Cloudflare {
@@ -38,15 +40,6 @@ impl Cloudflare {
             config.max_retry_wait,
         );
         Cloudflare { config, api }
-    }
-
-    fn parse(&self, action: &ActionSpec) -> Result<Purge, ProviderError> {
-        purge::parse(
-            action,
-            "cloudflare",
-            &["paths", "prefixes", "keys", "hosts"],
-            false,
-        )
     }
 
     /// The JSON bodies a purge sends, one per batch.
@@ -74,34 +67,24 @@ impl Cloudflare {
 }
 
 #[async_trait]
-impl Provider for Cloudflare {
+impl Cache for Cloudflare {
     fn kind(&self) -> &'static str {
         "cloudflare"
     }
 
-    fn validate(&self, action: &ActionSpec) -> Result<(), ProviderError> {
-        self.parse(action).map(|_| ())
-    }
-
-    fn state_key(&self, action: &ActionSpec) -> String {
-        match self.parse(action) {
-            Ok(p) => p.key(),
-            Err(_) => format!("op:{}", action.op),
+    fn accepts(&self) -> Accepts {
+        Accepts {
+            by: &["paths", "prefixes", "tags", "hosts"],
+            soft: false,
+            wildcard: false,
         }
     }
 
-    async fn snapshot(&self, action: &ActionSpec) -> Result<State, ProviderError> {
-        let p = self.parse(action)?;
-        Ok(json!({"purge": p.target, "purged": false}))
+    fn planned(&self, p: &Purge) -> State {
+        json!({"purge": p.target, "purged": true, "bodies": self.bodies(p)})
     }
 
-    fn plan(&self, action: &ActionSpec, _before: &State) -> Result<State, ProviderError> {
-        let p = self.parse(action)?;
-        Ok(json!({"purge": p.target, "purged": true, "bodies": self.bodies(&p)}))
-    }
-
-    async fn apply(&self, action: &ActionSpec) -> Result<State, ProviderError> {
-        let p = self.parse(action)?;
+    async fn purge(&self, p: &Purge) -> Result<State, ProviderError> {
         let token = read_token(self.config.token_file(), self.config.token_env.as_deref())?;
         let url = format!(
             "{}/zones/{}/purge_cache",
@@ -110,7 +93,7 @@ impl Provider for Cloudflare {
         );
         let mut ids = Vec::new();
         let mut waited = Vec::new();
-        for body in self.bodies(&p) {
+        for body in self.bodies(p) {
             let what = "cloudflare POST purge_cache";
             let answer = self
                 .api
@@ -136,23 +119,17 @@ impl Provider for Cloudflare {
             "rate_limit_waits_s": waited,
         }))
     }
-
-    async fn revert(&self, _action: &ActionSpec, before: &State) -> Result<State, ProviderError> {
-        Ok(before.clone())
-    }
-
-    fn reversible(&self, _op: &str) -> bool {
-        false
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::purge::Purger;
+    use crate::{ActionSpec, Provider};
     use std::time::Duration;
 
-    fn provider(batch: usize) -> Cloudflare {
-        Cloudflare::new(CloudflareConfig {
+    fn provider(batch: usize) -> Purger<Cloudflare> {
+        Purger(Cloudflare::new(CloudflareConfig {
             zone_id: "023e105f4ecef8ad9ca31a8372d0c353".into(),
             host: "www.example.com".into(),
             scheme: "https".into(),
@@ -164,7 +141,7 @@ mod tests {
             max_retries: 3,
             max_retry_wait: Duration::from_secs(60),
             batch,
-        })
+        }))
     }
 
     fn spec(params: Value) -> ActionSpec {
@@ -181,7 +158,7 @@ mod tests {
             .parse(&spec(json!({"paths": ["/a", "/b", "/c"]})))
             .unwrap();
         assert_eq!(
-            c.bodies(&p),
+            c.0.bodies(&p),
             vec![
                 json!({"files": ["https://www.example.com/a", "https://www.example.com/b"]}),
                 json!({"files": ["https://www.example.com/c"]}),
@@ -189,15 +166,15 @@ mod tests {
         );
         let p = c.parse(&spec(json!({"prefixes": ["/static/"]}))).unwrap();
         assert_eq!(
-            c.bodies(&p),
+            c.0.bodies(&p),
             vec![json!({"prefixes": ["www.example.com/static/"]})]
         );
-        let p = c.parse(&spec(json!({"keys": ["product"]}))).unwrap();
-        assert_eq!(c.bodies(&p), vec![json!({"tags": ["product"]})]);
+        let p = c.parse(&spec(json!({"tags": ["product"]}))).unwrap();
+        assert_eq!(c.0.bodies(&p), vec![json!({"tags": ["product"]})]);
         let p = c
             .parse(&spec(json!({"hosts": ["img.example.com"]})))
             .unwrap();
-        assert_eq!(c.bodies(&p), vec![json!({"hosts": ["img.example.com"]})]);
+        assert_eq!(c.0.bodies(&p), vec![json!({"hosts": ["img.example.com"]})]);
         assert!(c
             .validate(&spec(json!({"paths": ["/a"], "soft": true})))
             .is_err());

@@ -3,6 +3,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::ConfigError;
+
 /// A Fastly service the agent can purge through Fastly's API, by URL or by
 /// surrogate key, hard or soft.
 ///
@@ -73,25 +75,32 @@ pub(crate) fn default_max_retry_wait() -> Duration {
 }
 
 /// An `https://` base URL with no query.
-pub(crate) fn check_api_url(url: &str) -> Result<(), String> {
-    let u = reqwest::Url::parse(url).map_err(|e| format!("api_url: {e}"))?;
+pub(crate) fn check_api_url(url: &str) -> Result<(), ConfigError> {
+    let u = reqwest::Url::parse(url).map_err(|e| ConfigError::field("api_url", e.to_string()))?;
     if u.scheme() != "https" || u.query().is_some() || u.host_str().is_none() {
-        return Err("api_url: must be an https:// URL without a query".into());
+        return Err(ConfigError::field(
+            "api_url",
+            "must be an https:// URL without a query",
+        ));
     }
     Ok(())
 }
 
 impl FastlyConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.service_id.is_empty() || !self.service_id.bytes().all(|b| b.is_ascii_alphanumeric())
         {
-            return Err("service_id: must be Fastly's alphanumeric service id".into());
+            return Err(ConfigError::field(
+                "service_id",
+                "must be Fastly's alphanumeric service id",
+            ));
         }
-        crate::purge::check_host(&self.host).map_err(|e| format!("host: {e}"))?;
+        crate::purge::check_host(&self.host)
+            .map_err(|e| ConfigError::field("host", e.to_string()))?;
         crate::cdn::check_token_source(self.token_file.as_deref(), self.token_env.as_deref())?;
         check_api_url(&self.api_url)?;
         if self.timeout.is_zero() {
-            return Err("timeout: must be more than zero".into());
+            return Err(ConfigError::field("timeout", "must be more than zero"));
         }
         Ok(())
     }

@@ -1,4 +1,4 @@
-//! `fastly`: `cdn.purge {paths | keys, soft?}` through Fastly's purge API.
+//! `fastly`: `cdn.purge {paths | surrogate_keys, soft?}` through Fastly's purge API.
 //!
 //! API reference: <https://www.fastly.com/documentation/reference/api/purging/>
 //! - purge a URL: `POST /purge/{cached_url}`, where the cached URL is the
@@ -13,6 +13,7 @@
 //! Retry-After) are waited out, within bounds the config sets.
 
 mod config;
+mod declare;
 
 pub(crate) use config::shared as config_defaults;
 
@@ -20,10 +21,11 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 
 pub use config::FastlyConfig;
+pub use declare::KIND;
 
 use crate::cdn::{excerpt, read_token, ApiClient};
-use crate::purge::{self, Purge, Target};
-use crate::{ActionSpec, Provider, ProviderError, State};
+use crate::purge::{Accepts, Cache, Purge, Target};
+use crate::{ProviderError, State};
 
 /// The runtime of one `fastly` resource.
 pub struct Fastly {
@@ -40,10 +42,6 @@ impl Fastly {
             config.max_retry_wait,
         );
         Fastly { config, api }
-    }
-
-    fn parse(&self, action: &ActionSpec) -> Result<Purge, ProviderError> {
-        purge::parse(action, "fastly", &["paths", "keys"], true)
     }
 
     fn base(&self) -> &str {
@@ -67,43 +65,37 @@ impl Fastly {
 }
 
 #[async_trait]
-impl Provider for Fastly {
+impl Cache for Fastly {
     fn kind(&self) -> &'static str {
         "fastly"
     }
 
-    fn validate(&self, action: &ActionSpec) -> Result<(), ProviderError> {
-        self.parse(action).map(|_| ())
-    }
-
-    fn state_key(&self, action: &ActionSpec) -> String {
-        match self.parse(action) {
-            Ok(p) => p.key(),
-            Err(_) => format!("op:{}", action.op),
+    fn accepts(&self) -> Accepts {
+        Accepts {
+            by: &["paths", "surrogate_keys"],
+            soft: true,
+            wildcard: false,
         }
     }
 
-    async fn snapshot(&self, action: &ActionSpec) -> Result<State, ProviderError> {
-        let p = self.parse(action)?;
-        Ok(json!({"purge": p.target, "soft": p.soft, "purged": false}))
+    fn idle(&self, p: &Purge) -> State {
+        json!({"purge": p.target, "soft": p.soft, "purged": false})
     }
 
-    fn plan(&self, action: &ActionSpec, _before: &State) -> Result<State, ProviderError> {
-        let p = self.parse(action)?;
+    fn planned(&self, p: &Purge) -> State {
         let calls: Vec<String> = self
-            .requests(&p)
+            .requests(p)
             .into_iter()
             .map(|(path, _)| format!("POST {path}"))
             .collect();
-        Ok(json!({"purge": p.target, "soft": p.soft, "purged": true, "calls": calls}))
+        json!({"purge": p.target, "soft": p.soft, "purged": true, "calls": calls})
     }
 
-    async fn apply(&self, action: &ActionSpec) -> Result<State, ProviderError> {
-        let p = self.parse(action)?;
+    async fn purge(&self, p: &Purge) -> Result<State, ProviderError> {
         let token = read_token(self.config.token_file(), self.config.token_env.as_deref())?;
         let mut ids = Vec::new();
         let mut waited = Vec::new();
-        for (path, body) in self.requests(&p) {
+        for (path, body) in self.requests(p) {
             let url = format!("{}{path}", self.base());
             let what = format!("fastly POST {path}");
             let answer = self
@@ -145,23 +137,17 @@ impl Provider for Fastly {
             "rate_limit_waits_s": waited,
         }))
     }
-
-    async fn revert(&self, _action: &ActionSpec, before: &State) -> Result<State, ProviderError> {
-        Ok(before.clone())
-    }
-
-    fn reversible(&self, _op: &str) -> bool {
-        false
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::purge::Purger;
+    use crate::{ActionSpec, Provider};
     use std::time::Duration;
 
-    fn provider() -> Fastly {
-        Fastly::new(FastlyConfig {
+    fn provider() -> Purger<Fastly> {
+        Purger(Fastly::new(FastlyConfig {
             service_id: "SU1Z0isxPaozGVKXdv0eY".into(),
             host: "www.example.com".into(),
             token_file: None,
@@ -171,7 +157,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             max_retries: 3,
             max_retry_wait: Duration::from_secs(60),
-        })
+        }))
     }
 
     fn spec(params: Value) -> ActionSpec {
@@ -188,12 +174,12 @@ mod tests {
             .parse(&spec(json!({"paths": ["/a.css"], "soft": true})))
             .unwrap();
         assert_eq!(
-            f.requests(&p),
+            f.0.requests(&p),
             vec![("/purge/www.example.com/a.css".to_string(), None)]
         );
         let p = f.parse(&spec(json!({"keys": ["b", "a"]}))).unwrap();
         assert_eq!(
-            f.requests(&p),
+            f.0.requests(&p),
             vec![(
                 "/service/SU1Z0isxPaozGVKXdv0eY/purge".to_string(),
                 Some(json!({"surrogate_keys": ["a", "b"]}))

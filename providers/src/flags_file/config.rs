@@ -2,6 +2,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use crate::ConfigError;
+
 /// A flags file in the flagd / OpenFeature flag-definition format.
 ///
 /// ```toml
@@ -33,12 +35,15 @@ pub struct FlagsFileConfig {
 
 impl FlagsFileConfig {
     /// Checks what can be checked without touching the file.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.path.as_os_str().is_empty() {
-            return Err("path: must not be empty".into());
+            return Err(ConfigError::field("path", "must not be empty"));
         }
         if self.path.file_name().is_none() {
-            return Err(format!("path: {} names no file", self.path.display()));
+            return Err(ConfigError::field(
+                "path",
+                format!("{} names no file", self.path.display()),
+            ));
         }
         Ok(())
     }

@@ -7,6 +7,7 @@
 //! fail loudly instead of creating a flag nobody reads.
 
 mod config;
+mod declare;
 
 use std::path::Path;
 
@@ -16,6 +17,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::Mutex;
 
 pub use config::FlagsFileConfig;
+pub use declare::{KIND, SET, STATE};
 
 use crate::{replace_file, ActionSpec, ManagedFile, OpParams, Provider, ProviderError, State};
 
@@ -346,8 +348,8 @@ impl Provider for FlagsFile {
         self.change(&flag, |f| *f = fields)
     }
 
-    fn reversible(&self, _op: &str) -> bool {
-        true
+    fn reversible(&self, op: &str) -> bool {
+        KIND.reversible(op)
     }
 
     fn watched_path(&self) -> Option<&Path> {

@@ -3,6 +3,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::ConfigError;
+
 /// An nginx server whose emergency rules live in one managed include file.
 ///
 /// The operator's config includes that file once, inside the `server` block
@@ -144,12 +146,15 @@ fn default_verify_timeout() -> Duration {
 
 impl NginxConfig {
     /// Checks what can be checked without touching anything.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.include.file_name().is_none() {
-            return Err(format!("include: {} names no file", self.include.display()));
+            return Err(ConfigError::field(
+                "include",
+                format!("{} names no file", self.include.display()),
+            ));
         }
         if self.binary.as_os_str().is_empty() {
-            return Err("binary: must not be empty".into());
+            return Err(ConfigError::field("binary", "must not be empty"));
         }
         for (name, argv) in [
             ("test_command", &self.test_command),
@@ -159,31 +164,44 @@ impl NginxConfig {
                 .as_ref()
                 .is_some_and(|a| a.is_empty() || a[0].is_empty())
             {
-                return Err(format!("{name}: must name a program"));
+                return Err(ConfigError::field(name, "must name a program"));
             }
         }
         if self.command_timeout.is_zero() {
-            return Err("command_timeout: must be more than zero".into());
+            return Err(ConfigError::field(
+                "command_timeout",
+                "must be more than zero",
+            ));
         }
         if let Some(v) = &self.verify {
-            let url = reqwest::Url::parse(&v.url).map_err(|e| format!("verify.url: {e}"))?;
+            let url = reqwest::Url::parse(&v.url)
+                .map_err(|e| ConfigError::field("verify.url", e.to_string()))?;
             if !matches!(url.scheme(), "http" | "https") {
-                return Err("verify.url: must be http or https".into());
+                return Err(ConfigError::field("verify.url", "must be http or https"));
             }
             if let Some(h) = &v.host {
                 if reqwest::header::HeaderValue::from_str(h).is_err() || h.is_empty() {
-                    return Err("verify.host: not a valid Host header".into());
+                    return Err(ConfigError::field("verify.host", "not a valid Host header"));
                 }
             }
             if v.timeout.is_zero() {
-                return Err("verify.timeout: must be more than zero".into());
+                return Err(ConfigError::field(
+                    "verify.timeout",
+                    "must be more than zero",
+                ));
             }
             for p in &v.probes {
                 if !p.path.starts_with('/') {
-                    return Err(format!("verify.probes: {:?} must start with /", p.path));
+                    return Err(ConfigError::field(
+                        "verify.probes",
+                        format!("{:?} must start with /", p.path),
+                    ));
                 }
                 if !(100..=599).contains(&p.status) {
-                    return Err(format!("verify.probes: {} is not a status", p.status));
+                    return Err(ConfigError::field(
+                        "verify.probes",
+                        format!("{} is not a status", p.status),
+                    ));
                 }
             }
         }

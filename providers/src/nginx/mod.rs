@@ -19,6 +19,7 @@
 //! action's entry and re-renders.
 
 mod config;
+mod declare;
 mod rules;
 
 use std::fs;
@@ -31,6 +32,7 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 
 pub use config::{NginxConfig, NginxProbe, NginxVerifyConfig};
+pub use declare::{BROWNOUT, DENY, KIND};
 pub use rules::{check_path, parse_cidr};
 use rules::{parse_include, BrownoutParams, DenyParams, Include, Rule, GENERATION_PATH};
 
@@ -411,8 +413,8 @@ impl Provider for Nginx {
         self.change(&rule, present).await
     }
 
-    fn reversible(&self, _op: &str) -> bool {
-        true
+    fn reversible(&self, op: &str) -> bool {
+        KIND.reversible(op)
     }
 
     fn watched_path(&self) -> Option<&std::path::Path> {

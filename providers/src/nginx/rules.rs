@@ -8,7 +8,6 @@
 //! `Invalid`, which the lifecycle turns into `invalid_action`.
 
 use std::fmt::Write as _;
-use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -311,58 +310,13 @@ pub fn parse_include(text: &str) -> Result<Parsed, String> {
 /// Parses `a.b.c.d/n`, `x:y::/n` or a bare address (a host network) and
 /// prints it back masked to the network address.
 pub fn parse_cidr(s: &str) -> Result<String, String> {
-    let shown: String = s.chars().take(64).collect();
-    if s.is_empty()
-        || s.len() > 64
-        || !s
-            .chars()
-            .all(|c| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '/'))
-    {
-        return Err(format!("{shown:?} is not a CIDR"));
+    match crate::cidr::canonical(s) {
+        Ok(c) => Ok(c.text),
+        Err(crate::cidr::CidrError::Everything { text }) => Err(format!(
+            "{text:?} would deny every address; brown out \"/\" to shed all traffic"
+        )),
+        Err(e) => Err(e.to_string()),
     }
-    let (addr, len) = match s.split_once('/') {
-        Some((a, l)) => (a, Some(l)),
-        None => (s, None),
-    };
-    let ip: IpAddr = addr
-        .parse()
-        .map_err(|_| format!("{shown:?} is not a CIDR: bad address"))?;
-    let max: u8 = if ip.is_ipv4() { 32 } else { 128 };
-    let len = match len {
-        None => max,
-        Some(l) => {
-            if l.is_empty()
-                || l.len() > 3
-                || !l.bytes().all(|b| b.is_ascii_digit())
-                || (l.len() > 1 && l.starts_with('0'))
-            {
-                return Err(format!("{shown:?} is not a CIDR: bad prefix length"));
-            }
-            let n: u8 = l
-                .parse()
-                .map_err(|_| format!("{shown:?} is not a CIDR: bad prefix length"))?;
-            if n > max {
-                return Err(format!("{shown:?} is not a CIDR: prefix length over {max}"));
-            }
-            n
-        }
-    };
-    if len == 0 {
-        return Err(format!(
-            "{shown:?} would deny every address; brown out \"/\" to shed all traffic"
-        ));
-    }
-    let net = match ip {
-        IpAddr::V4(v4) => {
-            let bits = u32::from(v4) & (u32::MAX << (32 - u32::from(len)));
-            IpAddr::V4(bits.into())
-        }
-        IpAddr::V6(v6) => {
-            let bits = u128::from(v6) & (u128::MAX << (128 - u32::from(len)));
-            IpAddr::V6(bits.into())
-        }
-    };
-    Ok(format!("{net}/{len}"))
 }
 
 /// A path prefix: starts with `/`, only `A-Z a-z 0-9 / _ . ~ -`, no empty,

@@ -3,6 +3,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::ConfigError;
+
 /// A Varnish cache the agent can purge, through its admin port
 /// (`varnishadm -T ADDRESS -S SECRET ban …`) or through an HTTP PURGE/BAN
 /// endpoint that the operator's VCL gates with an ACL. Exactly one of
@@ -145,20 +147,20 @@ fn default_timeout() -> Duration {
     Duration::from_secs(10)
 }
 
-fn check_url(field: &str, url: &str) -> Result<(), String> {
-    let u = reqwest::Url::parse(url).map_err(|e| format!("{field}: {e}"))?;
+fn check_url(field: &str, url: &str) -> Result<(), ConfigError> {
+    let u = reqwest::Url::parse(url).map_err(|e| ConfigError::field(field, e.to_string()))?;
     if !matches!(u.scheme(), "http" | "https") {
-        return Err(format!("{field}: must be http or https"));
+        return Err(ConfigError::field(field, "must be http or https"));
     }
     Ok(())
 }
 
 impl VarnishConfig {
     /// Checks what can be checked without touching anything.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         match (&self.admin, &self.http) {
             (Some(_), Some(_)) | (None, None) => {
-                return Err("give exactly one of admin and http".into())
+                return Err(ConfigError::fields("give exactly one of admin and http"))
             }
             (Some(a), None) => {
                 if a.address.parse::<std::net::SocketAddr>().is_err()
@@ -166,21 +168,27 @@ impl VarnishConfig {
                         crate::purge::check_host(h).is_ok() && p.parse::<u16>().is_ok()
                     })
                 {
-                    return Err(format!("admin.address: {:?} is not HOST:PORT", a.address));
+                    return Err(ConfigError::field(
+                        "admin.address",
+                        format!("{:?} is not HOST:PORT", a.address),
+                    ));
                 }
                 if a.timeout.is_zero() {
-                    return Err("admin.timeout: must be more than zero".into());
+                    return Err(ConfigError::field(
+                        "admin.timeout",
+                        "must be more than zero",
+                    ));
                 }
             }
             (None, Some(h)) => {
                 check_url("http.url", &h.url)?;
                 if h.timeout.is_zero() {
-                    return Err("http.timeout: must be more than zero".into());
+                    return Err(ConfigError::field("http.timeout", "must be more than zero"));
                 }
             }
         }
         if let Some(h) = &self.host {
-            crate::purge::check_host(h).map_err(|e| format!("host: {e}"))?;
+            crate::purge::check_host(h).map_err(|e| ConfigError::field("host", e.to_string()))?;
         }
         for (field, name) in [
             ("url_header", &self.url_header),
@@ -188,7 +196,10 @@ impl VarnishConfig {
             ("key_header", &self.key_header),
         ] {
             if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-                return Err(format!("{field}: {name:?} is not a header name"));
+                return Err(ConfigError::field(
+                    field,
+                    format!("{name:?} is not a header name"),
+                ));
             }
         }
         if let Some(v) = &self.verify {

@@ -1,4 +1,4 @@
-//! `varnish`: `cdn.purge {paths | prefixes | keys}` on a Varnish cache.
+//! `varnish`: `cdn.purge {paths | prefixes | surrogate_keys}` on a Varnish cache.
 //!
 //! The agent builds each ban from validated input; no VCL and no ban
 //! expression ever comes from a command. Bans test `obj.http.*` headers
@@ -11,6 +11,7 @@
 //! A purge cannot be undone, so it is not reversible.
 
 mod config;
+mod declare;
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -19,11 +20,11 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 
 pub use config::{VarnishAdmin, VarnishConfig, VarnishHttp, VarnishVerify};
+pub use declare::KIND;
 
-use crate::purge::{self, regex_literal, Purge, Target};
-use crate::{ActionSpec, Provider, ProviderError, State};
+use crate::purge::{regex_literal, Accepts, Cache, Purge, Target};
+use crate::{ProviderError, State};
 
-const SUPPORTED: &[&str] = &["paths", "prefixes", "keys"];
 /// Purged paths checked after a purge, at most.
 const MAX_VERIFIED: usize = 16;
 
@@ -49,10 +50,6 @@ impl Varnish {
             .build()
             .map_err(|e| ProviderError::Failed(format!("building the HTTP client: {e}")))?;
         Ok(Varnish { config, client })
-    }
-
-    fn parse(&self, action: &ActionSpec) -> Result<Purge, ProviderError> {
-        purge::parse(action, "varnish", SUPPORTED, false)
     }
 
     /// The obj.* ban expression for a purge (admin mode).
@@ -241,53 +238,43 @@ impl Varnish {
 }
 
 #[async_trait]
-impl Provider for Varnish {
+impl Cache for Varnish {
     fn kind(&self) -> &'static str {
         "varnish"
     }
 
-    fn validate(&self, action: &ActionSpec) -> Result<(), ProviderError> {
-        self.parse(action).map(|_| ())
-    }
-
-    fn state_key(&self, action: &ActionSpec) -> String {
-        match self.parse(action) {
-            Ok(p) => p.key(),
-            Err(_) => format!("op:{}", action.op),
+    fn accepts(&self) -> Accepts {
+        Accepts {
+            by: &["paths", "prefixes", "surrogate_keys"],
+            soft: false,
+            wildcard: false,
         }
     }
 
-    async fn snapshot(&self, action: &ActionSpec) -> Result<State, ProviderError> {
-        let p = self.parse(action)?;
-        Ok(json!({"purge": p.target, "purged": false}))
-    }
-
-    fn plan(&self, action: &ActionSpec, _before: &State) -> Result<State, ProviderError> {
-        let p = self.parse(action)?;
+    fn planned(&self, p: &Purge) -> State {
         let how = match (&self.config.admin, &self.config.http) {
-            (Some(_), _) => vec![format!("ban {}", self.ban_expression(&p))],
+            (Some(_), _) => vec![format!("ban {}", self.ban_expression(p))],
             _ => vec![format!("{} via the HTTP endpoint", p.target.kind())],
         };
-        Ok(json!({"purge": p.target, "purged": true, "requests": how}))
+        json!({"purge": p.target, "purged": true, "requests": how})
     }
 
-    async fn apply(&self, action: &ActionSpec) -> Result<State, ProviderError> {
-        let p = self.parse(action)?;
+    async fn purge(&self, p: &Purge) -> Result<State, ProviderError> {
         let since = Instant::now();
         let requests = match (&self.config.admin, &self.config.http) {
             (Some(a), _) => {
-                let expr = self.ban_expression(&p);
+                let expr = self.ban_expression(p);
                 self.ban_admin(a, &expr).await?;
                 vec![format!("ban {expr}")]
             }
-            (None, Some(h)) => self.purge_http(h, &p).await?,
+            (None, Some(h)) => self.purge_http(h, p).await?,
             (None, None) => {
                 return Err(ProviderError::Failed(
                     "neither admin nor http is configured".into(),
                 ))
             }
         };
-        let verified = self.verify(&p, since).await?;
+        let verified = self.verify(p, since).await?;
         Ok(json!({
             "purge": p.target,
             "purged": true,
@@ -295,37 +282,32 @@ impl Provider for Varnish {
             "verified": verified,
         }))
     }
-
-    async fn revert(&self, _action: &ActionSpec, before: &State) -> Result<State, ProviderError> {
-        // Nothing to put back: a purged object is refetched on demand.
-        Ok(before.clone())
-    }
-
-    fn reversible(&self, _op: &str) -> bool {
-        false
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::purge::Purger;
+    use crate::{ActionSpec, Provider};
 
-    fn provider(host: Option<&str>) -> Varnish {
-        Varnish::new(VarnishConfig {
-            admin: Some(VarnishAdmin {
-                address: "127.0.0.1:6082".into(),
-                secret_file: "/etc/varnish/secret".into(),
-                varnishadm: "varnishadm".into(),
-                timeout: Duration::from_secs(1),
-            }),
-            http: None,
-            host: host.map(String::from),
-            url_header: "x-url".into(),
-            host_header: "x-host".into(),
-            key_header: "xkey".into(),
-            verify: None,
-        })
-        .unwrap()
+    fn provider(host: Option<&str>) -> Purger<Varnish> {
+        Purger(
+            Varnish::new(VarnishConfig {
+                admin: Some(VarnishAdmin {
+                    address: "127.0.0.1:6082".into(),
+                    secret_file: "/etc/varnish/secret".into(),
+                    varnishadm: "varnishadm".into(),
+                    timeout: Duration::from_secs(1),
+                }),
+                http: None,
+                host: host.map(String::from),
+                url_header: "x-url".into(),
+                host_header: "x-host".into(),
+                key_header: "xkey".into(),
+                verify: None,
+            })
+            .unwrap(),
+        )
     }
 
     fn spec(params: Value) -> ActionSpec {
@@ -342,11 +324,12 @@ mod tests {
             .parse(&spec(json!({"paths": ["/a.css", "/b?x=1"]})))
             .unwrap();
         assert_eq!(
-            v.ban_expression(&p),
+            v.0.ban_expression(&p),
             "obj.http.x-host == \"shop.example.com\" && obj.http.x-url ~ \"^(/a[.]css|/b[?]x=1)$\""
         );
         let p = v.parse(&spec(json!({"prefixes": ["/static/"]}))).unwrap();
         assert!(v
+            .0
             .ban_expression(&p)
             .ends_with("obj.http.x-url ~ \"^(/static/)\""));
         let v = provider(None);
@@ -354,14 +337,14 @@ mod tests {
             .parse(&spec(json!({"keys": ["product-1", "all"]})))
             .unwrap();
         assert_eq!(
-            v.ban_expression(&p),
+            v.0.ban_expression(&p),
             "obj.http.xkey ~ \"(^|[^A-Za-z0-9_.:/-])(all|product-1)([^A-Za-z0-9_.:/-]|$)\""
         );
         for p in [
             v.parse(&spec(json!({"paths": ["/a"]}))).unwrap(),
             v.parse(&spec(json!({"keys": ["k"]}))).unwrap(),
         ] {
-            assert!(!v.ban_expression(&p).contains("req."));
+            assert!(!v.0.ban_expression(&p).contains("req."));
         }
     }
 
