@@ -266,7 +266,7 @@ impl<C: Cache> Provider for Purger<C> {
 /// they purge by. Each kind refuses, by name, the params it cannot honour.
 pub static PURGE: OpDecl = OpDecl {
     name: PURGE_OP,
-    about: "Purge cached objects by path, prefix, surrogate key, tag or host (not reversible)",
+    about: "Purge cached objects by path, prefix, surrogate key, tag or host",
     example: "tourniquet cdn purge shop-cdn /index.html /static/app.css --reason \"INC-9: stale prices\" --to http://127.0.0.1:7370",
     params: &[
         ParamDecl {

@@ -344,6 +344,9 @@ impl ParamKind {
     pub fn type_name(&self) -> String {
         match self {
             ParamKind::String => "string".into(),
+            ParamKind::Integer { min, max } if *max >= i64::from(i32::MAX) => {
+                format!("integer ≥ {min}")
+            }
             ParamKind::Integer { min, max } => format!("integer {min}..{max}"),
             ParamKind::Duration { .. } => "duration".into(),
             ParamKind::Percent => "percent".into(),

@@ -8,10 +8,10 @@ mod agent;
 mod audit;
 mod client;
 mod compose;
-mod flag;
 mod fleet;
 mod keygen;
 mod new;
+mod ops;
 mod render;
 mod revert;
 mod send;
@@ -38,6 +38,9 @@ pub mod exit {
     pub const ROLLED_BACK: u8 = 4;
     /// Offline verification or audit check failed.
     pub const INVALID: u8 = 5;
+    /// The command line cannot work: a value of the wrong type, a missing
+    /// argument (BSD sysexits EX_USAGE).
+    pub const USAGE: u8 = 64;
 }
 
 #[derive(Parser, Debug)]
@@ -74,9 +77,11 @@ pub enum Command {
     Agent(agent::AgentArgs),
     /// Create an OpenSSH ed25519 key pair (FILE and FILE.pub) for automation.
     Keygen(keygen::KeygenArgs),
-    /// Flip a flag in a flags-file resource: compose, sign and (with --send) send.
-    #[command(subcommand)]
-    Flag(flag::FlagCommand),
+    /// Every op, its params and the resource kinds that support it.
+    Ops(ops::OpsArgs),
+    /// One verb per op (`flag set`, `waf block`, `cdn purge`…), from the providers' registry.
+    #[command(flatten)]
+    Op(ops::OpVerb),
     /// Write an unsigned command payload, for review and co-signing.
     New(new::NewArgs),
     /// Sign a payload into an envelope, add a co-signature, or show the bytes to sign.
@@ -215,7 +220,8 @@ pub async fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Agent(args) => agent::run(args).await,
         Command::Keygen(args) => keygen::run(args),
-        Command::Flag(cmd) => flag::run(cmd).await,
+        Command::Ops(args) => ops::list(args),
+        Command::Op(verb) => ops::run(verb).await,
         Command::New(args) => new::run(args),
         Command::Sign(args) => sign::run(args),
         Command::Verify(args) => verify::run(args),

@@ -8,8 +8,12 @@ use super::{CliResult, Common, Failure};
 use crate::command::payload::{Action, Payload};
 
 #[derive(Args, Debug)]
+#[command(after_help = "Each --param value is parsed by the op's declared type (`tourniquet ops` lists them): \
+lists take a repeated --param or commas, integers and durations parse.\n\nExample:\n  \
+tourniquet new waf.block --resource edge-waf --param cidrs=203.0.113.7/32,198.51.100.0/24 \
+--reason \"INC-7: credential stuffing\" --hold 2h -o cmd.json")]
 pub struct NewArgs {
-    /// The op, e.g. flag.set, flag.state, revert.
+    /// The op, e.g. flag.set, waf.block, revert.
     pub op: String,
     /// The resource the action names (omit for revert).
     #[arg(long)]
@@ -22,10 +26,21 @@ pub struct NewArgs {
 }
 
 pub fn run(args: NewArgs) -> CliResult {
-    let mut params = Map::new();
-    for (k, v) in parse_kv(&args.params, "--param")? {
-        params.insert(k, Value::String(v));
-    }
+    let params = match tourniquet_providers::registry::op(&args.op) {
+        // A provider op: each value parsed by its declared type.
+        Some(op) => op.parse_kv(&args.params).map_err(|e| Failure {
+            code: super::exit::USAGE,
+            message: e.to_string(),
+        })?,
+        // An agent op (revert, …): its params are ids, kept as text.
+        None => {
+            let mut params = Map::new();
+            for (k, v) in parse_kv(&args.params, "--param")? {
+                params.insert(k, Value::String(v));
+            }
+            params
+        }
+    };
     let act = Action {
         resource: args.resource,
         op: args.op,
