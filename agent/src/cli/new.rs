@@ -8,10 +8,12 @@ use super::{CliResult, Common, Failure};
 use crate::command::payload::{Action, Payload};
 
 #[derive(Args, Debug)]
-#[command(after_help = "Each --param value is parsed by the op's declared type (`tourniquet ops` lists them): \
+#[command(
+    after_help = "Each --param value is parsed by the op's declared type (`tourniquet ops` lists them): \
 lists take a repeated --param or commas, integers and durations parse.\n\nExample:\n  \
 tourniquet new waf.block --resource edge-waf --param cidrs=203.0.113.7/32,198.51.100.0/24 \
---reason \"INC-7: credential stuffing\" --hold 2h -o cmd.json")]
+--reason \"INC-7: credential stuffing\" --hold 2h -o cmd.json"
+)]
 pub struct NewArgs {
     /// The op, e.g. flag.set, waf.block, revert.
     pub op: String,

@@ -304,7 +304,11 @@ pub fn list(args: OpsArgs) -> CliResult {
             "{}  {}{}\n  kinds:   {}\n  usage:   {}\n",
             op.name,
             op.about,
-            if op.reversible { "" } else { " [not reversible]" },
+            if op.reversible {
+                ""
+            } else {
+                " [not reversible]"
+            },
             e.kinds.join(", "),
             usage_line(op)
         ));
@@ -355,12 +359,26 @@ mod tests {
     #[test]
     fn each_verb_builds_the_params_its_provider_takes() {
         assert_eq!(
-            params(&["t", "waf", "block", "edge-waf", "203.0.113.7/32", "10.0.0.0/8"]),
+            params(&[
+                "t",
+                "waf",
+                "block",
+                "edge-waf",
+                "203.0.113.7/32",
+                "10.0.0.0/8"
+            ]),
             json!({"cidrs": ["203.0.113.7/32", "10.0.0.0/8"]})
         );
         assert_eq!(
             params(&[
-                "t", "nginx", "brownout", "edge", "/search", "--status", "429", "--retry-after",
+                "t",
+                "nginx",
+                "brownout",
+                "edge",
+                "/search",
+                "--status",
+                "429",
+                "--retry-after",
                 "2m"
             ]),
             json!({"paths": ["/search"], "status": 429, "retry_after": 120})
