@@ -259,6 +259,7 @@ impl Hotfix {
                     params: a.params.clone(),
                     before: a.before.clone(),
                     after: a.after.clone(),
+                    change: Some(a.change_line()),
                 })
                 .collect(),
             applied_at: r
@@ -281,6 +282,9 @@ pub struct HotfixAction {
     pub params: Map<String, Value>,
     pub before: Option<Value>,
     pub after: Option<Value>,
+    /// The change in words, e.g. `web-asg asg.cap: max 20 → 4, desired 12 → 4`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<String>,
 }
 
 /// Whole seconds of hold left at `now`, if the record has a hold.
@@ -374,6 +378,7 @@ pub struct CommandView {
 impl CommandView {
     /// The view of a record, its hold counted from `now`.
     pub fn of(record: CommandRecord, receipt: Option<Envelope>, now: Timestamp) -> CommandView {
+        let record = record.with_changes();
         CommandView {
             settled: record.is_settled(),
             terminal: record.is_terminal(),

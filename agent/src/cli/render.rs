@@ -10,25 +10,6 @@ use crate::api::{CommandAnswer, Hotfixes};
 use crate::lifecycle::record::{State, Transition};
 use crate::telemetry::{ProbeSample, TelemetryReport, Unit, Verdict};
 
-/// A state value like `{"flag":"x","state":"ENABLED","defaultVariant":"on"}`
-/// shown compactly.
-fn state_text(v: Option<&Value>) -> String {
-    match v {
-        None | Some(Value::Null) => "-".into(),
-        Some(Value::Object(o)) => {
-            if let (Some(var), Some(st)) = (o.get("defaultVariant"), o.get("state")) {
-                let var = var.as_str().unwrap_or("");
-                if st == "DISABLED" {
-                    return format!("{var} (DISABLED)");
-                }
-                return var.to_string();
-            }
-            serde_json::to_string(o).unwrap_or_default()
-        }
-        Some(other) => other.to_string(),
-    }
-}
-
 /// A probe value in its unit: ratios as %, seconds as ms.
 fn value_text(v: Option<f64>, unit: Unit) -> String {
     match (v, unit) {
@@ -86,22 +67,21 @@ struct Change<'a> {
 }
 
 impl Change<'_> {
-    /// `checkout-flags flag.set new_flow: on → off`.
+    /// The op's own words: `checkout-flags flag.set new_flow: on → off`,
+    /// `edge-waf waf.block: +203.0.113.7/32 (3 → 4 addresses)`.
     fn line(&self) -> String {
-        let flag = self
-            .params
-            .get("flag")
-            .and_then(Value::as_str)
-            .map(|f| format!(" {f}"))
-            .unwrap_or_default();
-        format!(
-            "{} {}{flag}: {} → {}{}",
+        let line = tourniquet_providers::registry::change_line(
             self.resource,
             self.op,
-            state_text(self.before),
-            state_text(self.after),
-            if self.reverted { " (reverted)" } else { "" }
-        )
+            self.params,
+            self.before,
+            self.after,
+        );
+        if self.reverted {
+            format!("{line} (reverted)")
+        } else {
+            line
+        }
     }
 }
 
@@ -283,14 +263,15 @@ pub fn hotfixes(body: &Hotfixes) -> String {
             .actions
             .iter()
             .map(|a| {
-                let flag = a.params.get("flag").and_then(Value::as_str).unwrap_or("");
-                format!(
-                    "{} {} {flag} {}→{}",
-                    a.resource,
-                    a.op,
-                    state_text(a.before.as_ref()),
-                    state_text(a.after.as_ref())
-                )
+                Change {
+                    resource: &a.resource,
+                    op: &a.op,
+                    params: &a.params,
+                    before: a.before.as_ref(),
+                    after: a.after.as_ref(),
+                    reverted: false,
+                }
+                .line()
             })
             .collect();
         let left = h
@@ -382,7 +363,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            line.contains("checkout-flags flag.set new_flow on→off")
+            line.contains("checkout-flags flag.set new_flow: on → off")
                 && line.ends_with("INC-1: checkout 500s"),
             "{text}"
         );

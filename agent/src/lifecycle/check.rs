@@ -204,6 +204,7 @@ impl Lifecycle {
                     applied: false,
                     reverted: false,
                     error: None,
+                    change: None,
                 });
             }
             return Ok(());
@@ -268,6 +269,7 @@ impl Lifecycle {
                 applied: false,
                 reverted: false,
                 error: None,
+                change: None,
             });
         }
         Ok(())

@@ -145,6 +145,32 @@ pub struct ReceiptAction {
     pub applied: bool,
     pub reverted: bool,
     pub error: Option<String>,
+    /// The change in words, e.g. `edge-waf waf.block: +203.0.113.7/32
+    /// (3 → 4 addresses)`, beside the states it was read from. Receipts
+    /// older than the op registry have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<String>,
+}
+
+impl ReceiptAction {
+    /// The change in words: as signed, or read from the states of a
+    /// receipt that predates the field.
+    pub fn change_line(&self) -> String {
+        self.change.clone().unwrap_or_else(|| {
+            let line = tourniquet_providers::registry::change_line(
+                &self.resource,
+                &self.op,
+                &self.params,
+                self.before.as_ref(),
+                self.after.as_ref(),
+            );
+            if self.reverted {
+                format!("{line} (reverted)")
+            } else {
+                line
+            }
+        })
+    }
 }
 
 impl Receipt {
@@ -198,6 +224,7 @@ impl Receipt {
                     applied: a.applied,
                     reverted: a.reverted,
                     error: a.error.clone(),
+                    change: Some(a.change_line()),
                 })
                 .collect(),
             telemetry: r.telemetry.clone(),

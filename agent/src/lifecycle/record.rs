@@ -96,6 +96,30 @@ pub struct ActionRecord {
     pub reverted: bool,
     #[serde(default)]
     pub error: Option<String>,
+    /// The readable change ([`ActionRecord::change_line`]), filled in for
+    /// answers only: the journal keeps the states it is computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<String>,
+}
+
+impl ActionRecord {
+    /// The change in words, from the op's declaration:
+    /// `edge-waf waf.block: +203.0.113.7/32 (3 → 4 addresses)`. Before
+    /// apply (and for a dry run) it shows the planned state.
+    pub fn change_line(&self) -> String {
+        let line = tourniquet_providers::registry::change_line(
+            &self.resource,
+            &self.op,
+            &self.params,
+            self.before.as_ref(),
+            self.after.as_ref().or(self.planned.as_ref()),
+        );
+        if self.reverted {
+            format!("{line} (reverted)")
+        } else {
+            line
+        }
+    }
 }
 
 /// Most timeline steps kept per command.
@@ -181,6 +205,15 @@ pub struct CommandRecord {
 }
 
 impl CommandRecord {
+    /// The record with each action's readable change filled in, for an
+    /// answer.
+    pub fn with_changes(mut self) -> CommandRecord {
+        for a in &mut self.actions {
+            a.change = Some(a.change_line());
+        }
+        self
+    }
+
     /// Terminal: nothing further will happen to it. A kept hotfix that can
     /// still be reverted is not terminal: it is in force, and must never be
     /// forgotten by journal compaction.

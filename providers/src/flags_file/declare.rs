@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use serde_json::Value;
+
 use crate::registry::{
     declaration, str_at, Change, Declaration, KindDecl, OpDecl, ParamDecl, ParamKind, Placement,
     Rendered,
@@ -82,28 +84,36 @@ fn flag_name(c: &Change) -> String {
         .to_string()
 }
 
-/// `new_checkout: variant on → off`.
+/// A flag state as a word: its default variant, marked when the flag is
+/// disabled (`off (DISABLED)`).
+fn variant_text(state: Option<&Value>) -> Option<String> {
+    let variant = str_at(state, "defaultVariant")?;
+    Some(match str_at(state, "state") {
+        Some("DISABLED") => format!("{variant} (DISABLED)"),
+        _ => variant.to_string(),
+    })
+}
+
+/// `new_checkout: on → off`.
 fn render_set(c: &Change) -> Rendered {
-    let to = str_at(c.after, "defaultVariant")
-        .or(c.params.get("variant").and_then(|v| v.as_str()))
-        .unwrap_or("?");
-    let text = match str_at(c.before, "defaultVariant") {
-        Some(from) => format!("variant {from} → {to}"),
-        None => format!("variant → {to}"),
-    };
-    Rendered::of(flag_name(c), text)
+    let to = variant_text(c.after).unwrap_or_else(|| {
+        c.params
+            .get("variant")
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .to_string()
+    });
+    let from = variant_text(c.before).unwrap_or_else(|| "-".into());
+    Rendered::of(flag_name(c), format!("{from} → {to}"))
 }
 
 /// `new_checkout: ENABLED → DISABLED`.
 fn render_state(c: &Change) -> Rendered {
     let to = str_at(c.after, "state")
-        .or(c.params.get("state").and_then(|v| v.as_str()))
+        .or(c.params.get("state").and_then(Value::as_str))
         .unwrap_or("?");
-    let text = match str_at(c.before, "state") {
-        Some(from) => format!("{from} → {to}"),
-        None => format!("→ {to}"),
-    };
-    Rendered::of(flag_name(c), text)
+    let from = str_at(c.before, "state").unwrap_or("-");
+    Rendered::of(flag_name(c), format!("{from} → {to}"))
 }
 
 impl Declaration for FlagsFileConfig {
@@ -123,5 +133,28 @@ impl Declaration for FlagsFileConfig {
 
     fn build(&self) -> Result<Box<dyn Provider>, ProviderError> {
         Ok(Box::new(FlagsFile::new(self.clone())?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::registry::change_line;
+    use serde_json::json;
+
+    #[test]
+    fn a_flag_change_reads_as_its_variant_or_state() {
+        let params = json!({"flag": "new_checkout", "variant": "off"});
+        let p = params.as_object().unwrap();
+        let before = json!({"flag": "new_checkout", "state": "ENABLED", "defaultVariant": "on"});
+        let after = json!({"flag": "new_checkout", "state": "ENABLED", "defaultVariant": "off"});
+        assert_eq!(
+            change_line("demo-flags", "flag.set", p, Some(&before), Some(&after)),
+            "demo-flags flag.set new_checkout: on → off"
+        );
+        let after = json!({"flag": "new_checkout", "state": "DISABLED", "defaultVariant": "on"});
+        assert_eq!(
+            change_line("demo-flags", "flag.state", p, Some(&before), Some(&after)),
+            "demo-flags flag.state new_checkout: ENABLED → DISABLED"
+        );
     }
 }

@@ -41,6 +41,7 @@ use crate::command::envelope::{
     self, sha256_hex, Envelope, RECEIPT_NAMESPACE, RECEIPT_PAYLOAD_TYPE,
 };
 use crate::command::payload::Timestamp;
+use crate::lifecycle::receipt::ReceiptAction;
 
 /// Output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -128,6 +129,9 @@ pub struct CommandReport {
     pub recovered: bool,
     /// Times the resource was found changed behind the hotfix (`drifted`).
     pub drifts: u64,
+    /// Each action's change in words, from the newest receipt, e.g.
+    /// `edge-waf waf.block: +203.0.113.7/32 (3 → 4 addresses)`.
+    pub changes: Vec<String>,
     pub receipts: Vec<String>,
     /// Where the fields came from: `audit`, `receipt`, `journal`.
     pub sources: Vec<&'static str>,
@@ -644,6 +648,11 @@ fn report(
         if let Some(rev) = revert_kind(&rc["actions"]) {
             kind_revert = Some(kind_revert.unwrap_or(false) | rev);
         }
+        if let Ok(actions) = serde_json::from_value::<Vec<ReceiptAction>>(rc["actions"].clone()) {
+            if !actions.is_empty() {
+                r.changes = actions.iter().map(ReceiptAction::change_line).collect();
+            }
+        }
         if rc["outcome"] == "reverted" {
             if let Some(note) = last_note(&rc["timeline"], "reverted") {
                 let (by, cmd) = revert_cause(&note);
@@ -807,7 +816,7 @@ pub fn build(
 }
 
 /// The CSV columns, in order.
-pub const CSV_HEADER: &str = "command,claimed_command,envelope_sha256,kind,outcome,last_state,first_seen,issued_at,applied_at,settled_at,time_to_apply_ms,issue_to_apply_ms,reverted_by,reverted_by_command,reason_code,issuer,reason,ticket,message,recovered,drifts";
+pub const CSV_HEADER: &str = "command,claimed_command,envelope_sha256,kind,outcome,last_state,first_seen,issued_at,applied_at,settled_at,time_to_apply_ms,issue_to_apply_ms,reverted_by,reverted_by_command,reason_code,issuer,reason,ticket,message,recovered,drifts,changes";
 
 /// Quotes a CSV field when it needs it (RFC 4180).
 fn csv_field(s: &str) -> String {
@@ -852,6 +861,7 @@ impl Export {
                 opt(&c.message),
                 c.recovered.to_string(),
                 c.drifts.to_string(),
+                c.changes.join("; "),
             ];
             let fields: Vec<String> = row.iter().map(|f| csv_field(f)).collect();
             let _ = writeln!(out, "{}", fields.join(","));
