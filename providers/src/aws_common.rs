@@ -303,12 +303,6 @@ impl AwsError {
     }
 }
 
-impl From<AwsError> for ProviderError {
-    fn from(e: AwsError) -> Self {
-        ProviderError::Failed(e.to_string())
-    }
-}
-
 /// How one failed try is handled.
 #[derive(Debug, PartialEq, Eq)]
 enum Class {

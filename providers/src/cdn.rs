@@ -17,9 +17,8 @@ pub const DEFAULT_CA_FILE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// Reads the API token. Exactly one source must be configured.
 pub fn read_token(file: Option<&Path>, env: Option<&str>) -> Result<String, ProviderError> {
     let token = match (file, env) {
-        (Some(f), None) => std::fs::read_to_string(f).map_err(|e| {
-            ProviderError::Failed(format!("reading the token file {}: {e}", f.display()))
-        })?,
+        (Some(f), None) => std::fs::read_to_string(f)
+            .map_err(|e| ProviderError::io(format!("reading the token file {}", f.display()), e))?,
         (None, Some(var)) => std::env::var(var)
             .map_err(|_| ProviderError::Failed(format!("the token variable {var} is not set")))?,
         _ => {
@@ -95,16 +94,13 @@ impl ApiClient {
             return Ok(c);
         }
         let pem = std::fs::read(&self.ca_file).map_err(|e| {
-            ProviderError::Failed(format!(
-                "reading the CA bundle {}: {e}",
-                self.ca_file.display()
-            ))
+            ProviderError::io(
+                format!("reading the CA bundle {}", self.ca_file.display()),
+                e,
+            )
         })?;
         let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-            ProviderError::Failed(format!(
-                "{} is not a PEM bundle: {e}",
-                self.ca_file.display()
-            ))
+            ProviderError::http(format!("{} is not a PEM bundle", self.ca_file.display()), e)
         })?;
         let mut b = reqwest::Client::builder()
             .use_rustls_tls()
@@ -117,7 +113,7 @@ impl ApiClient {
         }
         let client = b
             .build()
-            .map_err(|e| ProviderError::Failed(format!("building the HTTPS client: {e}")))?;
+            .map_err(|e| ProviderError::http("building the HTTPS client", e))?;
         Ok(self.client.get_or_init(|| client))
     }
 
@@ -136,7 +132,7 @@ impl ApiClient {
             let resp = build(client)
                 .send()
                 .await
-                .map_err(|e| ProviderError::Failed(format!("{what}: {}", e.without_url())))?;
+                .map_err(|e| ProviderError::http(what, e))?;
             let status = resp.status().as_u16();
             if status == 429 {
                 let wait = resp

@@ -96,7 +96,9 @@ impl ActionSpec {
 /// journals, receipts and audit entries.
 pub type State = Value;
 
-/// Why a provider refused or failed.
+/// Why a provider refused or failed. Failures keep their cause where
+/// there is one (a file, a connection, an AWS call), for logs and
+/// `source()` chains; the text stays one readable line.
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
     /// The action cannot work on this resource (unknown op, bad params, a
@@ -106,6 +108,46 @@ pub enum ProviderError {
     /// The resource could not be read or changed.
     #[error("{0}")]
     Failed(String),
+    /// A local file or program could not be used.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// An HTTP endpoint could not be reached or answered nonsense.
+    #[error("{context}: {source}")]
+    Http {
+        context: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// An AWS call failed after its retries.
+    #[cfg(feature = "aws")]
+    #[error(transparent)]
+    Aws(#[from] aws_common::AwsError),
+}
+
+impl ProviderError {
+    /// The action itself is at fault (not the resource or the network):
+    /// the lifecycle rejects it instead of failing.
+    pub fn is_invalid(&self) -> bool {
+        matches!(self, ProviderError::Invalid(_))
+    }
+
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> ProviderError {
+        ProviderError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn http(context: impl Into<String>, source: reqwest::Error) -> ProviderError {
+        ProviderError::Http {
+            context: context.into(),
+            source: source.without_url(),
+        }
+    }
 }
 
 /// The contract every provider kind implements.
@@ -330,6 +372,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert_eq!(err, "flag.set: unknown param \"x\"; expected none");
+    }
+}
+
+#[cfg(test)]
+mod causes {
+    use std::error::Error;
+
+    #[test]
+    fn a_failure_keeps_its_cause_and_reads_as_one_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("token");
+        let err = crate::cdn::read_token(Some(&missing), None).unwrap_err();
+        let io = err
+            .source()
+            .and_then(|c| c.downcast_ref::<std::io::Error>())
+            .expect("an io::Error cause");
+        assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
+        let text = err.to_string();
+        assert!(text.starts_with("reading the token file "), "{text}");
+        assert!(!text.contains('\n'), "{text}");
+        assert!(!err.is_invalid());
     }
 }
 

@@ -228,9 +228,7 @@ impl Lifecycle {
                         Reason::InvalidAction,
                         format!("{name}: {m}"),
                     )),
-                    ProviderError::Failed(m) => {
-                        PlanError::Failed(format!("{name}: reading before-state: {m}"))
-                    }
+                    other => PlanError::Failed(format!("{name}: reading before-state: {other}")),
                 })?;
             // A newer hotfix on the same thing takes over the older one's
             // before-state, so reverting it restores what was there first.

@@ -101,7 +101,7 @@ impl FlagsFile {
         let bytes = self
             .file
             .read()
-            .map_err(|e| ProviderError::Failed(format!("reading {}: {e}", path.display())))?;
+            .map_err(|e| ProviderError::io(format!("reading {}", path.display()), e))?;
         let doc: Value = serde_json::from_slice(&bytes).map_err(|e| {
             ProviderError::Failed(format!("{} is not valid JSON: {e}", path.display()))
         })?;
@@ -121,7 +121,7 @@ impl FlagsFile {
         let path = self.file.path();
         self.file
             .replace(&to_pretty(new)?, 0o644, true)
-            .map_err(|e| ProviderError::Failed(format!("writing {}: {e}", path.display())))?;
+            .map_err(|e| ProviderError::io(format!("writing {}", path.display()), e))?;
         let back = self.read()?;
         if &back != new {
             return Err(ProviderError::Failed(format!(

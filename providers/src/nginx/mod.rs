@@ -130,7 +130,7 @@ impl Nginx {
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(5))
             .build()
-            .map_err(|e| ProviderError::Failed(format!("building the HTTP client: {e}")))?;
+            .map_err(|e| ProviderError::http("building the HTTP client", e))?;
         Ok(Nginx {
             config,
             include,
@@ -145,12 +145,7 @@ impl Nginx {
         let bytes = match self.include.read() {
             Ok(b) => Some(b),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => {
-                return Err(ProviderError::Failed(format!(
-                    "reading {}: {e}",
-                    path.display()
-                )))
-            }
+            Err(e) => return Err(ProviderError::io(format!("reading {}", path.display()), e)),
         };
         let text = String::from_utf8_lossy(bytes.as_deref().unwrap_or_default());
         let parsed = parse_include(&text)
@@ -225,7 +220,7 @@ impl Nginx {
         let path = self.include.path();
         self.include
             .replace(text.as_bytes(), 0o644, true)
-            .map_err(|e| ProviderError::Failed(format!("writing {}: {e}", path.display())))?;
+            .map_err(|e| ProviderError::io(format!("writing {}", path.display()), e))?;
         if let Err(e) = self.run("nginx -t", &self.config.test_argv()).await {
             // nginx never saw the new file: putting the old one back is all.
             let undo = match self.restore(&old) {

@@ -48,7 +48,7 @@ impl Varnish {
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(10))
             .build()
-            .map_err(|e| ProviderError::Failed(format!("building the HTTP client: {e}")))?;
+            .map_err(|e| ProviderError::http("building the HTTP client", e))?;
         Ok(Varnish { config, client })
     }
 
@@ -94,9 +94,9 @@ impl Varnish {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let child = cmd.spawn().map_err(|e| {
-            ProviderError::Failed(format!("cannot run {}: {e}", a.varnishadm.display()))
-        })?;
+        let child = cmd
+            .spawn()
+            .map_err(|e| ProviderError::io(format!("cannot run {}", a.varnishadm.display()), e))?;
         let out = tokio::time::timeout(a.timeout, child.wait_with_output())
             .await
             .map_err(|_| {
@@ -105,7 +105,7 @@ impl Varnish {
                     humantime::format_duration(a.timeout)
                 ))
             })?
-            .map_err(|e| ProviderError::Failed(format!("varnishadm: {e}")))?;
+            .map_err(|e| ProviderError::io("varnishadm", e))?;
         if !out.status.success() {
             let text = format!(
                 "{} {}",
@@ -141,7 +141,7 @@ impl Varnish {
         let resp = req
             .send()
             .await
-            .map_err(|e| ProviderError::Failed(format!("{method} {path}: {e}")))?;
+            .map_err(|e| ProviderError::http(format!("{method} {path}"), e))?;
         if !resp.status().is_success() {
             return Err(ProviderError::Failed(format!(
                 "{method} {path} answered {}",
