@@ -389,6 +389,11 @@ fn lambda_alias_canary_and_concurrency_cap_apply_and_revert_exactly() {
     assert_eq!(a["after"]["version"], "3", "{a}");
     assert_eq!(a["after"]["tries"]["lambda:UpdateAlias"], 1, "{a}");
     assert_eq!(
+        a["change"],
+        "checkout-fn lambda.alias live: version 2 (+ version 1 at 20%) → 3 (+ version 2 at 10%)",
+        "{a}"
+    );
+    assert_eq!(
         lambda_state(&moto),
         json!({"version": "3", "weights": {"2": 0.1}, "reserved": null})
     );

@@ -78,9 +78,12 @@ fn weights_text(state: Option<&Value>) -> String {
     };
     w.iter()
         .map(|(v, r)| {
-            let pct = r
-                .as_f64()
-                .map_or_else(|| word(Some(r)), |r| format!("{}%", r * 100.0));
+            // A ratio as a percentage, to two decimals: 0.07 is 7%, not
+            // 7.000000000000001%.
+            let pct = r.as_f64().map_or_else(
+                || word(Some(r)),
+                |r| format!("{}%", (r * 10_000.0).round() / 100.0),
+            );
             format!(" (+ version {v} at {pct})")
         })
         .collect()
@@ -163,7 +166,7 @@ mod tests {
             ),
             "checkout-fn lambda.alias live: version 2 → 1"
         );
-        let after = json!({"alias": "live", "version": "3", "weights": {"2": 0.1}});
+        let after = json!({"alias": "live", "version": "3", "weights": {"2": 0.07}});
         assert_eq!(
             change_line(
                 "checkout-fn",
@@ -172,7 +175,7 @@ mod tests {
                 Some(&before),
                 Some(&after)
             ),
-            "checkout-fn lambda.alias live: version 2 → 3 (+ version 2 at 10%)"
+            "checkout-fn lambda.alias live: version 2 → 3 (+ version 2 at 7%)"
         );
         let before = json!({"function": "f", "reserved": null});
         let after = json!({"function": "f", "reserved": 4});
