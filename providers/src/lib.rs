@@ -376,6 +376,41 @@ mod tests {
 }
 
 #[cfg(test)]
+mod dispatch {
+    use super::ResourceConfig;
+    use serde_json::json;
+
+    #[test]
+    fn the_kind_tag_picks_the_declaration_and_an_unknown_kind_names_the_known_ones() {
+        let r: ResourceConfig =
+            serde_json::from_value(json!({"kind": "nginx", "include": "hotfixes.conf"})).unwrap();
+        assert_eq!(r.kind(), "nginx");
+        assert_eq!(r.supported_ops(), ["nginx.deny", "nginx.brownout"]);
+        assert!(r.get::<crate::nginx::NginxConfig>().is_some());
+        assert!(r.get::<crate::flags_file::FlagsFileConfig>().is_none());
+        let err = serde_json::from_value::<ResourceConfig>(json!({"kind": "haproxy"}))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "unknown resource kind \"haproxy\"; this build knows flags-file, nginx"
+            ),
+            "{err}"
+        );
+        let err = serde_json::from_value::<ResourceConfig>(json!({"include": "x"}))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("missing field `kind`"), "{err}");
+        let err = serde_json::from_value::<ResourceConfig>(
+            json!({"kind": "nginx", "include": "x", "inclde": "y"}),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("unknown field `inclde`"), "{err}");
+    }
+}
+
+#[cfg(test)]
 mod causes {
     use std::error::Error;
 

@@ -812,6 +812,12 @@ mod tests {
                         op.name,
                         p.name
                     );
+                    assert!(
+                        !positional_optional || !p.repeatable,
+                        "{}.{}: a repeatable positional must be the last",
+                        op.name,
+                        p.name
+                    );
                     positional_optional |= !p.required || p.repeatable;
                 }
             }
