@@ -5,7 +5,7 @@
 //! background), so the agent is answering within milliseconds of exec.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,14 +19,65 @@ use crate::lifecycle::store::Store;
 use crate::lifecycle::{Identity, Lifecycle, Resource};
 use crate::telemetry::Probes;
 use crate::transport;
-use crate::trust::policy::Policy;
+use crate::trust::policy::{Policy, PolicyError};
+
+/// Why the agent did not start, or `--check` refused its config. Each
+/// variant names what the operator must fix and keeps the cause.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{}: {source} (the policy is required)", path.display())]
+    PolicyRead {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error("agent.state_dir: {} is a symlink; the agent never follows one there (point state_dir at the real directory)", .0.display())]
+    StateDirSymlink(PathBuf),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    #[error("resources.{name}: {source}")]
+    Resource {
+        name: String,
+        #[source]
+        source: tourniquet_providers::ProviderError,
+    },
+    #[error(transparent)]
+    Store(#[from] crate::lifecycle::store::StoreError),
+    #[error("inbox {}: {source}", path.display())]
+    Inbox {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The API's TLS settings; the message names the file.
+    #[error("{0}")]
+    Tls(String),
+    #[error("api.listen {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("watching {}: {source}", dir.display())]
+    Watch {
+        dir: PathBuf,
+        #[source]
+        source: notify::Error,
+    },
+    /// Joining the fleet over NATS; the message names what failed.
+    #[error("{0}")]
+    Nats(String),
+}
 
 /// Loads the policy, naming the file in any error.
-pub fn load_policy(path: &Path) -> Result<(Policy, String), String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("{}: {e} (the policy is required)", path.display()))?;
-    let policy =
-        Policy::from_toml(&text, &path.display().to_string()).map_err(|e| e.to_string())?;
+pub fn load_policy(path: &Path) -> Result<(Policy, String), StartError> {
+    let text = std::fs::read_to_string(path).map_err(|source| StartError::PolicyRead {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let policy = Policy::from_toml(&text, &path.display().to_string())?;
     Ok((policy, sha256_hex(text.as_bytes())))
 }
 
@@ -83,21 +134,19 @@ impl CheckReport {
 
 /// `--check`: validate the config and its policy, build nothing, and lint
 /// what parses but cannot work. `origin` names the config file.
-pub fn check(cfg: &AgentConfig, origin: &str) -> Result<CheckReport, String> {
+pub fn check(cfg: &AgentConfig, origin: &str) -> Result<CheckReport, StartError> {
     let (policy, _) = load_policy(&cfg.agent.policy)?;
     let state_dir = &cfg.agent.state_dir;
     if std::fs::symlink_metadata(state_dir).is_ok_and(|m| m.file_type().is_symlink()) {
-        return Err(format!(
-            "agent.state_dir: {} is a symlink; the agent never follows one there (point state_dir at the real directory)",
-            state_dir.display()
-        ));
+        return Err(StartError::StateDirSymlink(state_dir.clone()));
     }
     // Building a provider also refuses a managed file that is a symlink
     // unless its resource says `follow_symlinks = true`.
     for (name, r) in &cfg.resources {
-        r.provider
-            .build()
-            .map_err(|e| format!("resources.{name}: {e}"))?;
+        r.provider.build().map_err(|source| StartError::Resource {
+            name: name.clone(),
+            source,
+        })?;
     }
     let lints = cfg.lint(
         &policy,
@@ -129,23 +178,22 @@ pub struct Built {
 /// Opens the state dir, key, policy, providers, journal and audit log.
 /// `run` serves what this builds; the fleet bench builds thousands in one
 /// process and attaches only the NATS transport.
-pub fn build(cfg: &AgentConfig) -> Result<Built, String> {
+pub fn build(cfg: &AgentConfig) -> Result<Built, StartError> {
     // First of all: nothing in the state dir (journal, audit log, key) is
     // opened or created before this agent holds it alone.
     let state_dir = cfg.agent.state_dir.clone();
-    let state_lock = crate::state::lock_state_dir(&state_dir).map_err(|e| e.to_string())?;
+    let state_lock = crate::state::lock_state_dir(&state_dir)?;
     let agent_id = cfg.agent_id();
-    let (key, created_key) =
-        crate::state::load_or_create_agent_key(&state_dir, &agent_id).map_err(|e| e.to_string())?;
+    let (key, created_key) = crate::state::load_or_create_agent_key(&state_dir, &agent_id)?;
     let (policy, policy_sha) = load_policy(&cfg.agent.policy)?;
     let policy_summary = policy.summary();
 
     let mut resources = BTreeMap::new();
     for (name, r) in &cfg.resources {
-        let provider = r
-            .provider
-            .build()
-            .map_err(|e| format!("resources.{name}: {e}"))?;
+        let provider = r.provider.build().map_err(|source| StartError::Resource {
+            name: name.clone(),
+            source,
+        })?;
         resources.insert(
             name.clone(),
             Resource {
@@ -155,8 +203,7 @@ pub fn build(cfg: &AgentConfig) -> Result<Built, String> {
             },
         );
     }
-    let (store, opened) = Store::open(&state_dir, cfg.retention.limits(), Timestamp::now())
-        .map_err(|e| e.to_string())?;
+    let (store, opened) = Store::open(&state_dir, cfg.retention.limits(), Timestamp::now())?;
     if opened.skipped_lines > 0 || opened.torn_bytes > 0 {
         tracing::warn!(
             lines = opened.skipped_lines,
@@ -189,7 +236,7 @@ pub fn build(cfg: &AgentConfig) -> Result<Built, String> {
 }
 
 /// Runs the agent until SIGINT or SIGTERM.
-pub async fn run(cfg: AgentConfig, dev_mode: bool) -> Result<(), String> {
+pub async fn run(cfg: AgentConfig, dev_mode: bool) -> Result<(), StartError> {
     let Built {
         lc,
         agent_id,
@@ -207,17 +254,23 @@ pub async fn run(cfg: AgentConfig, dev_mode: bool) -> Result<(), String> {
     // saw the banner or a healthy /healthz can always drop a file into it;
     // files dropped before the watch starts are picked up when it does.
     if let Some(inbox) = &cfg.inbox {
-        crate::state::create_private_dir(&inbox.dir)
-            .map_err(|e| format!("inbox {}: {e}", inbox.dir.display()))?;
+        crate::state::create_private_dir(&inbox.dir).map_err(|source| StartError::Inbox {
+            path: inbox.dir.clone(),
+            source,
+        })?;
     }
 
     // Bind before anything slow so readiness is immediate.
     let listener = if cfg.api.enabled {
-        let tls = transport::http::tls_acceptor(&cfg.api)?;
+        let tls = transport::http::tls_acceptor(&cfg.api).map_err(StartError::Tls)?;
+        let listen_error = |source| StartError::Listen {
+            addr: cfg.api.listen,
+            source,
+        };
         let listener = tokio::net::TcpListener::bind(cfg.api.listen)
             .await
-            .map_err(|e| format!("api.listen {}: {e}", cfg.api.listen))?;
-        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+            .map_err(listen_error)?;
+        let addr = listener.local_addr().map_err(listen_error)?;
         Some((listener, tls, addr))
     } else {
         None
@@ -250,7 +303,9 @@ pub async fn run(cfg: AgentConfig, dev_mode: bool) -> Result<(), String> {
     // Before recovery settles anything, so receipts of recovered fleet
     // commands are published too.
     if let Some(nats) = &cfg.nats {
-        transport::nats::start(lc.clone(), nats.clone(), &state_dir).await?;
+        transport::nats::start(lc.clone(), nats.clone(), &state_dir)
+            .await
+            .map_err(StartError::Nats)?;
     }
     {
         let lc = lc.clone();
@@ -369,10 +424,10 @@ fn print_banner(
 fn watch_policy(
     lc: Arc<Lifecycle>,
     path: std::path::PathBuf,
-) -> Result<notify::RecommendedWatcher, String> {
+) -> Result<notify::RecommendedWatcher, StartError> {
     let dir = transport::watch::parent_dir(&path);
-    let (watcher, mut events) = transport::watch::watch_dir(&dir)
-        .map_err(|e| format!("watching {}: {e}", dir.display()))?;
+    let (watcher, mut events) =
+        transport::watch::watch_dir(&dir).map_err(|source| StartError::Watch { dir, source })?;
     let name = path.file_name().map(|n| n.to_owned());
     tokio::spawn(async move {
         // An edit between the first load and the watch is caught here.
@@ -388,7 +443,7 @@ fn watch_policy(
 
 /// Watches every local resource for drift: a file by its directory (so
 /// renames never blind the watch), anything else by a periodic snapshot.
-fn watch_drift(lc: &Arc<Lifecycle>) -> Result<Vec<notify::RecommendedWatcher>, String> {
+fn watch_drift(lc: &Arc<Lifecycle>) -> Result<Vec<notify::RecommendedWatcher>, StartError> {
     let mut watchers = Vec::new();
     for (name, res) in lc.resources() {
         let name = name.clone();
@@ -397,7 +452,7 @@ fn watch_drift(lc: &Arc<Lifecycle>) -> Result<Vec<notify::RecommendedWatcher>, S
                 let dir = transport::watch::parent_dir(path);
                 let file = path.file_name().map(|n| n.to_owned());
                 let (watcher, mut events) = transport::watch::watch_dir(&dir)
-                    .map_err(|e| format!("watching {}: {e}", dir.display()))?;
+                    .map_err(|source| StartError::Watch { dir, source })?;
                 watchers.push(watcher);
                 let lc = lc.clone();
                 tokio::spawn(async move {
@@ -459,5 +514,49 @@ async fn wait_for_shutdown() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error;
+
+    #[test]
+    fn start_errors_keep_their_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("policy.toml");
+        let err = load_policy(&missing).map(drop).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}: No such file or directory (os error 2) (the policy is required)",
+                missing.display()
+            )
+        );
+        assert!(err
+            .source()
+            .is_some_and(|c| c.downcast_ref::<std::io::Error>().is_some()));
+
+        std::fs::write(&missing, "version = 1\nmax_ttl = \"30m\"\n").unwrap();
+        let cfg = AgentConfig::from_toml(
+            "[agent]\nstate_dir = \"state\"\npolicy = \"policy.toml\"\n[resources.f]\nkind = \"flags-file\"\npath = \"link.json\"\n",
+            "agent.toml",
+            dir.path(),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(
+            dir.path().join("elsewhere.json"),
+            dir.path().join("link.json"),
+        )
+        .unwrap();
+        let err = check(&cfg, "agent.toml").map(drop).unwrap_err();
+        assert!(err.to_string().starts_with("resources.f: "), "{err}");
+        assert!(
+            err.source().is_some_and(|c| c
+                .downcast_ref::<tourniquet_providers::ProviderError>()
+                .is_some()),
+            "{err:?}"
+        );
     }
 }

@@ -16,11 +16,20 @@ use crate::command::payload::Guard;
 /// Why a config was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: {why}")]
-    Read { path: String, why: String },
-    /// Already formatted as `FILE:LINE:COL: message`.
-    #[error("{0}")]
-    Parse(String),
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `rendered` is `FILE:LINE:COL: message (in `line`)`, from
+    /// [`toml_error`]; `source` is the parser's own error.
+    #[error("{rendered}")]
+    Parse {
+        rendered: String,
+        #[source]
+        source: toml::de::Error,
+    },
     #[error("{path}: {field}: {why}")]
     Invalid {
         path: String,
@@ -389,9 +398,9 @@ impl AgentConfig {
     /// Reads, parses and validates a config file. Relative paths inside it
     /// are resolved against the file's directory.
     pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
-            path: path.display().to_string(),
-            why: e.to_string(),
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
         })?;
         // Anchored on an absolute directory even for `--config agent.toml`:
         // a relative path handed to another program (nginx's `-c`, `-p`)
@@ -406,8 +415,10 @@ impl AgentConfig {
     /// Parses config text; `origin` names it in errors, `base` anchors
     /// relative paths.
     pub fn from_toml(text: &str, origin: &str, base: &Path) -> Result<AgentConfig, ConfigError> {
-        let mut cfg: AgentConfig =
-            toml::from_str(text).map_err(|e| ConfigError::Parse(toml_error(origin, text, &e)))?;
+        let mut cfg: AgentConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            rendered: toml_error(origin, text, &source),
+            source,
+        })?;
         cfg.resolve_paths(base);
         cfg.validate(origin)?;
         Ok(cfg)
@@ -1062,6 +1073,29 @@ mod tests {
                 .canonicalize()
                 .unwrap(),
             dir.path().canonicalize().unwrap()
+        );
+    }
+
+    #[test]
+    fn load_errors_keep_their_cause() {
+        use std::error::Error;
+        let dir = tempfile::tempdir().unwrap();
+        let err = AgentConfig::load(&dir.path().join("missing.toml")).unwrap_err();
+        assert!(matches!(err, ConfigError::Read { .. }), "{err}");
+        let cause = err
+            .source()
+            .and_then(|c| c.downcast_ref::<std::io::Error>());
+        assert_eq!(
+            cause.map(std::io::Error::kind),
+            Some(std::io::ErrorKind::NotFound)
+        );
+        let err = AgentConfig::from_toml("[agent]\nstate_dir = 3\n", "a.toml", Path::new(""))
+            .unwrap_err();
+        assert!(err.to_string().starts_with("a.toml:2:"), "{err}");
+        assert!(
+            err.source()
+                .is_some_and(|c| c.downcast_ref::<toml::de::Error>().is_some()),
+            "{err:?}"
         );
     }
 

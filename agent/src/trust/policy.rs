@@ -107,10 +107,27 @@ fn one() -> u32 {
 /// Why a policy file was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    #[error("{path}: {why}")]
-    Read { path: String, why: String },
-    #[error("{0}")]
-    Parse(String),
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `rendered` is `FILE:LINE:COL: message (in `line`)`; `source` is the
+    /// parser's own error.
+    #[error("{rendered}")]
+    Parse {
+        rendered: String,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("{path}: keys.{name}.public_key: not an OpenSSH public key: {source}")]
+    PublicKey {
+        path: String,
+        name: String,
+        #[source]
+        source: ssh_key::Error,
+    },
     #[error("{path}: {field}: {why}")]
     Invalid {
         path: String,
@@ -147,17 +164,19 @@ pub struct VerifiedCommand {
 impl Policy {
     /// Loads and checks a policy file.
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {
-        let text = std::fs::read_to_string(path).map_err(|e| PolicyError::Read {
-            path: path.display().to_string(),
-            why: e.to_string(),
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+            path: path.to_path_buf(),
+            source,
         })?;
         Policy::from_toml(&text, &path.display().to_string())
     }
 
     /// Parses and checks policy text; `origin` names it in errors.
     pub fn from_toml(text: &str, origin: &str) -> Result<Policy, PolicyError> {
-        let file: PolicyFile =
-            toml::from_str(text).map_err(|e| PolicyError::Parse(toml_error(origin, text, &e)))?;
+        let file: PolicyFile = toml::from_str(text).map_err(|source| PolicyError::Parse {
+            rendered: toml_error(origin, text, &source),
+            source,
+        })?;
         Policy::from_file(file, origin)
     }
 
@@ -181,11 +200,12 @@ impl Policy {
         }
         let mut keys_by_data = HashMap::new();
         for (name, key) in &file.keys {
-            let public = PublicKey::from_openssh(key.public_key.trim()).map_err(|e| {
-                invalid(
-                    format!("keys.{name}.public_key"),
-                    format!("not an OpenSSH public key: {e}"),
-                )
+            let public = PublicKey::from_openssh(key.public_key.trim()).map_err(|source| {
+                PolicyError::PublicKey {
+                    path: origin.to_string(),
+                    name: name.clone(),
+                    source,
+                }
             })?;
             if public.key_data().ed25519().is_none() {
                 return Err(invalid(
@@ -671,6 +691,37 @@ mod tests {
             reason(&f, &serde_json::to_vec(&tampered).unwrap()),
             Reason::BadSignature
         );
+    }
+
+    #[test]
+    fn load_errors_keep_their_cause() {
+        use std::error::Error;
+        let err = Policy::load(Path::new("/nonexistent/policy.toml")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "/nonexistent/policy.toml: No such file or directory (os error 2)"
+        );
+        assert!(err
+            .source()
+            .is_some_and(|c| c.downcast_ref::<std::io::Error>().is_some()));
+        let err = Policy::from_toml("version = \"one\"\n", "p.toml").unwrap_err();
+        assert!(err.to_string().starts_with("p.toml:1:"), "{err}");
+        assert!(err
+            .source()
+            .is_some_and(|c| c.downcast_ref::<toml::de::Error>().is_some()));
+        let err = Policy::from_toml(
+            "version = 1\nmax_ttl = \"30m\"\n[keys.eve]\npublic_key = \"ssh-ed25519 nonsense\"\nroles = [\"sre\"]\n",
+            "p.toml",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("p.toml: keys.eve.public_key: not an OpenSSH public key: "),
+            "{err}"
+        );
+        assert!(err
+            .source()
+            .is_some_and(|c| c.downcast_ref::<ssh_key::Error>().is_some()));
     }
 
     #[test]
