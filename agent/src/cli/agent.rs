@@ -7,6 +7,10 @@ use clap::Args;
 use super::{CliResult, Failure};
 
 #[derive(Args, Debug)]
+#[command(
+    after_help = "Examples:\n  tourniquet agent                                  # the embedded demo on 127.0.0.1:7370, dev trust\n  \
+tourniquet agent --config /etc/tourniquet/agent.toml --check"
+)]
 pub struct AgentArgs {
     /// Agent config (agent.toml). Without it, the embedded default runs.
     #[arg(long, short)]
@@ -33,7 +37,7 @@ pub async fn run(args: AgentArgs) -> CliResult {
         },
         None => {
             if args.check {
-                return Err(Failure::error("--check needs --config FILE"));
+                return Err(Failure::usage("--check needs --config FILE"));
             }
             (crate::defaults::prepare()?.config, true)
         }

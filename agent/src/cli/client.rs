@@ -1,4 +1,9 @@
 //! Talking to agents: HTTP(S) and inbox directories.
+//!
+//! When an agent cannot be reached, the operator gets one line saying
+//! where, why in a few words, and what to check, not the error chain of
+//! the HTTP stack: at 3 a.m. "connection refused" should read as "the
+//! agent is not running there".
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -32,8 +37,8 @@ impl Destination {
         if text.starts_with("nats://") || text.starts_with("tls://") {
             return Ok(Destination::Nats(text.to_string()));
         }
-        Err(Failure::error(format!(
-            "{text:?} is not a destination: use http[s]://HOST:PORT, dir:PATH or nats://HOST:PORT"
+        Err(Failure::usage(format!(
+            "--to {text:?} is not a destination: use http[s]://HOST:PORT, dir:PATH or nats://HOST:PORT"
         )))
     }
 }
@@ -70,7 +75,7 @@ pub(super) async fn get_json(client: &reqwest::Client, url: &str) -> Result<(u16
         .get(url)
         .send()
         .await
-        .map_err(|e| Failure::error(format!("GET {url}: {}", describe(&e))))?;
+        .map_err(|e| unreachable(url, &e))?;
     let status = resp.status().as_u16();
     let body = resp.json::<Value>().await.unwrap_or(Value::Null);
     Ok((status, body))
@@ -86,16 +91,142 @@ pub(super) fn read_answer<T: DeserializeOwned>(url: &str, body: &Value) -> Resul
     })
 }
 
-/// The sentence of the error an agent answered with.
+/// The error an agent answered with: its status, reason code and message.
 pub(super) fn answer_error(status: u16, body: &Value) -> String {
     match ApiError::deserialize(body) {
-        Ok(e) => e.message,
-        Err(_) => format!("HTTP {status}: {body}"),
+        Ok(e) => format!("the agent answered {status} {}: {}", e.reason, e.message),
+        Err(_) => format!(
+            "HTTP {status} with no tourniquet answer: is --to the address of a tourniquet agent's API?"
+        ),
     }
 }
 
-fn describe(e: &reqwest::Error) -> String {
-    crate::telemetry::error_chain(e)
+/// Why an HTTP request reached no agent, in a few words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Unreached {
+    Refused,
+    TimedOut,
+    Dns,
+    /// The TLS handshake failed: the detail rustls gave.
+    Tls(String),
+    /// Anything else: the error chain, as a last resort.
+    Other(String),
+}
+
+/// An error and its causes, outermost first. An `io::Error` that wraps
+/// another error (as rustls's handshake errors are, twice over) is
+/// followed into what it wraps: its `source()` skips that error.
+fn causes<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Vec<&'a (dyn std::error::Error + 'static)> {
+    let mut out = Vec::new();
+    let mut next = Some(e);
+    while let Some(err) = next {
+        out.push(err);
+        next = match err
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    out
+}
+
+/// Does any cause say the connection was refused?
+fn is_refused(e: &(dyn std::error::Error + 'static)) -> bool {
+    causes(e).iter().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+    })
+}
+
+impl Unreached {
+    fn of(e: &reqwest::Error) -> Unreached {
+        if is_refused(e) {
+            return Unreached::Refused;
+        }
+        let mut timed_out = e.is_timeout();
+        let mut dns = false;
+        for err in causes(e) {
+            if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+                return Unreached::Tls(tls.to_string());
+            }
+            if err
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+            {
+                timed_out = true;
+            }
+            // hyper-util names the failing step of a connect in its message.
+            if err.to_string().starts_with("dns error") {
+                dns = true;
+            }
+        }
+        if timed_out {
+            Unreached::TimedOut
+        } else if dns {
+            Unreached::Dns
+        } else {
+            Unreached::Other(crate::telemetry::error_chain(e))
+        }
+    }
+}
+
+/// The one-line failure for a request that reached no agent at `url`:
+/// `no agent answers at http://127.0.0.1:7370 (connection refused): is
+/// 'tourniquet agent' running there?`
+pub(super) fn unreachable(url: &str, e: &reqwest::Error) -> Failure {
+    let at = e
+        .url()
+        .map(|u| u.origin().ascii_serialization())
+        .filter(|o| o != "null")
+        .unwrap_or_else(|| url.to_string());
+    let running = "is 'tourniquet agent' running there?";
+    let line = match Unreached::of(e) {
+        Unreached::Refused => format!("no agent answers at {at} (connection refused): {running}"),
+        Unreached::TimedOut => format!(
+            "no agent answers at {at} (timed out): {running} Is a firewall in the way?"
+        ),
+        Unreached::Dns => format!(
+            "no agent answers at {at} (DNS lookup failed): check the host name in --to"
+        ),
+        Unreached::Tls(why) => format!(
+            "no agent answers at {at} (TLS handshake failed: {why}): pass the CA that signed the agent's certificate with --cacert PEM (and --client-cert/--client-key if it asks for mTLS)"
+        ),
+        Unreached::Other(why) => format!("no agent answers at {at} ({why}): {running}"),
+    };
+    Failure::error(line)
+}
+
+/// The one-line failure for a NATS server that does not let us in.
+pub(super) fn nats_unreachable(
+    url: &str,
+    fleet_name: &str,
+    e: &async_nats::ConnectError,
+) -> Failure {
+    use async_nats::ConnectErrorKind as Kind;
+    let at = crate::transport::nats::fleet::redact_url(url);
+    let refused = is_refused(e);
+    let server = format!(
+        "is the NATS server of fleet '{fleet_name}' running there? (--to names the server, --fleet the fleet)"
+    );
+    let line = match e.kind() {
+        Kind::Authentication | Kind::AuthorizationViolation => format!(
+            "the NATS server at {at} refused us ({e}): pass the fleet's credentials with --nats-creds FILE or nats://USER:PASS@HOST:PORT"
+        ),
+        Kind::Tls => format!(
+            "no NATS server answers at {at} (TLS failed: {e}): check the server's TLS setup and the tls:// address"
+        ),
+        Kind::Dns => format!(
+            "no NATS server answers at {at} (DNS lookup failed): check the host name in --to"
+        ),
+        Kind::TimedOut => format!("no NATS server answers at {at} (timed out): {server}"),
+        _ if refused => format!("no NATS server answers at {at} (connection refused): {server}"),
+        _ => format!("no NATS server answers at {at} ({e}): {server}"),
+    };
+    Failure::error(line)
 }
 
 /// Sends an envelope and, unless `no_wait`, waits for a settled receipt
@@ -147,7 +278,7 @@ pub async fn deliver(env: &Envelope, dest: &str, conn: &Conn, no_wait: bool) -> 
                 .body(serde_json::to_vec(env)?)
                 .send()
                 .await
-                .map_err(|e| Failure::error(format!("POST {url}: {}", describe(&e))))?;
+                .map_err(|e| unreachable(&base, &e))?;
             let status = resp.status().as_u16();
             let body: Value = resp.json().await.unwrap_or(Value::Null);
             if status != 202 {

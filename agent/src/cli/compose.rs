@@ -8,16 +8,16 @@ use serde_json::{Map, Value};
 use super::{client, CliResult, Common, Failure};
 use crate::command::envelope::{self, Envelope, COMMAND_NAMESPACE, COMMAND_PAYLOAD_TYPE};
 use crate::command::payload::{Action, Guard, HumanDuration, OnBreach, Payload, Target, Timestamp};
-use crate::trust::keys::Signer;
+use crate::trust::keys::{KeyError, Signer};
 
 pub(super) fn parse_kv(items: &[String], what: &str) -> Result<BTreeMap<String, String>, Failure> {
     let mut out = BTreeMap::new();
     for item in items {
         let (k, v) = item
             .split_once('=')
-            .ok_or_else(|| Failure::error(format!("{what} {item:?} is not K=V")))?;
+            .ok_or_else(|| Failure::usage(format!("{what} {item:?} is not K=V")))?;
         if k.is_empty() {
-            return Err(Failure::error(format!("{what} {item:?} has an empty key")));
+            return Err(Failure::usage(format!("{what} {item:?} has an empty key")));
         }
         out.insert(k.to_string(), v.to_string());
     }
@@ -38,16 +38,16 @@ pub(super) fn compose(common: &Common, actions: Vec<Action>) -> Result<Payload, 
     let reason = common
         .reason
         .clone()
-        .ok_or_else(|| Failure::error("--reason is required: say what incident this answers, e.g. --reason \"INC-1: checkout 500s\""))?;
+        .ok_or_else(|| Failure::usage("--reason is required: say what incident this answers, e.g. --reason \"INC-1: checkout 500s\""))?;
     let now = Timestamp::now();
     let expires = HumanDuration::parse(&common.expires)
-        .map_err(|e| Failure::error(format!("--expires: {e}")))?;
+        .map_err(|e| Failure::usage(format!("--expires: {e}")))?;
     let hold = common
         .hold
         .as_deref()
         .map(HumanDuration::parse)
         .transpose()
-        .map_err(|e| Failure::error(format!("--hold: {e}")))?;
+        .map_err(|e| Failure::usage(format!("--hold: {e}")))?;
     let guard = if common.guard.is_empty() {
         None
     } else {
@@ -58,7 +58,7 @@ pub(super) fn compose(common: &Common, actions: Vec<Action>) -> Result<Payload, 
                 .as_deref()
                 .map(HumanDuration::parse)
                 .transpose()
-                .map_err(|e| Failure::error(format!("--bake: {e}")))?,
+                .map_err(|e| Failure::usage(format!("--bake: {e}")))?,
             before: None,
             interval: None,
             on_inconclusive: Default::default(),
@@ -90,7 +90,7 @@ pub(super) fn compose(common: &Common, actions: Vec<Action>) -> Result<Payload, 
         expect: common.expect,
         dry_run: common.dry_run,
     };
-    payload.check().map_err(Failure::error)?;
+    payload.check().map_err(Failure::usage)?;
     Ok(payload)
 }
 
@@ -98,7 +98,7 @@ pub(super) fn compose(common: &Common, actions: Vec<Action>) -> Result<Payload, 
 fn rollout(common: &Common) -> Result<Option<crate::command::payload::Rollout>, Failure> {
     let Some(text) = &common.waves else {
         if common.wave_bake.is_some() || common.max_failures.is_some() {
-            return Err(Failure::error(
+            return Err(Failure::usage(
                 "--wave-bake and --max-failures need --waves (e.g. --waves 1,10,50,100)",
             ));
         }
@@ -110,7 +110,7 @@ fn rollout(common: &Common) -> Result<Option<crate::command::payload::Rollout>, 
             w.trim()
                 .trim_end_matches('%')
                 .parse::<u32>()
-                .map_err(|_| Failure::error(format!("--waves: {w:?} is not a percentage")))
+                .map_err(|_| Failure::usage(format!("--waves: {w:?} is not a percentage")))
         })
         .collect::<Result<Vec<u32>, Failure>>()?;
     let wave_bake = common
@@ -118,7 +118,7 @@ fn rollout(common: &Common) -> Result<Option<crate::command::payload::Rollout>, 
         .as_deref()
         .map(HumanDuration::parse)
         .transpose()
-        .map_err(|e| Failure::error(format!("--wave-bake: {e}")))?;
+        .map_err(|e| Failure::usage(format!("--wave-bake: {e}")))?;
     Ok(Some(crate::command::payload::Rollout {
         waves,
         wave_bake,
@@ -134,14 +134,19 @@ pub(super) fn load_signer(key: Option<&Path>) -> Result<Signer, Failure> {
             let dev = crate::defaults::dev_key_path();
             if !dev.exists() {
                 return Err(Failure::error(format!(
-                    "no --key given and no dev key at {} (start `tourniquet agent` once, or pass --key)",
+                    "no --key given and no dev key at {}: start `tourniquet agent` once for the dev key, or pass --key FILE (or set TOURNIQUET_KEY); `tourniquet keygen --out FILE` makes one",
                     dev.display()
                 )));
             }
             dev
         }
     };
-    Ok(Signer::load(&path)?)
+    Signer::load(&path).map_err(|e| match e {
+        KeyError::Load { .. } => Failure::error(format!(
+            "cannot use the signing key {e}: pass a readable OpenSSH ed25519 key with --key FILE or TOURNIQUET_KEY; `tourniquet keygen --out FILE` makes one"
+        )),
+        other => other.into(),
+    })
 }
 
 pub(super) fn sign_payload(payload_bytes: &[u8], signer: &Signer) -> Result<Envelope, Failure> {
@@ -154,12 +159,18 @@ pub(super) fn sign_payload(payload_bytes: &[u8], signer: &Signer) -> Result<Enve
     Ok(env)
 }
 
-/// Signs a composed payload, then sends it or writes it out.
+/// Signs a composed payload, then sends it (`--to`, `$TOURNIQUET_TO`) or
+/// writes it out (stdout, `-o FILE`).
 pub(super) async fn sign_and_deliver(common: &Common, payload: Payload) -> CliResult {
+    let dest = common.destination();
+    // A destination that cannot work is a usage error before anything is signed.
+    if let Some(d) = &dest {
+        client::Destination::parse(d)?;
+    }
     let signer = load_signer(common.key.as_deref())?;
     let env = sign_payload(&payload.to_json(), &signer)?;
-    match &common.send {
-        Some(dest) => client::deliver(&env, dest, &common.conn, false).await,
+    match dest {
+        Some(dest) => client::deliver(&env, &dest, &common.conn, false).await,
         None => write_out(common.out.as_deref(), &env.to_json_pretty()),
     }
 }

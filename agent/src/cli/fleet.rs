@@ -23,9 +23,18 @@ use crate::transport::nats::{publish_acked, receipt_payload};
 #[derive(Subcommand, Debug)]
 pub enum FleetCommand {
     /// Create or update the TOURNIQUET_CMD and TOURNIQUET_RECEIPTS streams (an operator action).
+    #[command(
+        after_help = "Example:\n  tourniquet fleet init --to nats://nats-1:4222 --replicas 3 --max-age 24h"
+    )]
     Init {
-        /// The NATS server, e.g. nats://127.0.0.1:4222.
-        #[arg(long)]
+        /// The NATS server, e.g. nats://127.0.0.1:4222. Default: $TOURNIQUET_TO.
+        // `--nats` is the name older scripts use.
+        #[arg(
+            long = "to",
+            alias = "nats",
+            env = "TOURNIQUET_TO",
+            value_name = "nats://HOST:PORT"
+        )]
         nats: String,
         /// How long commands stay in the stream; must exceed the policy's max_ttl.
         #[arg(long, default_value = "24h")]
@@ -45,10 +54,16 @@ pub enum FleetCommand {
     /// coming: after --expect N agents answered, or else 300 ms after the
     /// last answer; never later than --listen.
     #[command(
-        after_help = "Example:\n  tourniquet fleet ls --nats nats://nats-1:4222 --expect 40   # returns as soon as 40 agents answered"
+        after_help = "Example:\n  tourniquet fleet ls --to nats://nats-1:4222 --expect 40   # returns as soon as 40 agents answered"
     )]
     Ls {
-        #[arg(long)]
+        /// The NATS server, e.g. nats://127.0.0.1:4222. Default: $TOURNIQUET_TO.
+        #[arg(
+            long = "to",
+            alias = "nats",
+            env = "TOURNIQUET_TO",
+            value_name = "nats://HOST:PORT"
+        )]
         nats: String,
         /// Return as soon as this many agents answered (still at most --listen).
         #[arg(long, value_name = "N")]
@@ -168,6 +183,12 @@ pub async fn run(cmd: FleetCommand) -> CliResult {
 }
 
 async fn connect(url: &str, conn: &Conn) -> Result<async_nats::Client, Failure> {
+    if !matches!(super::Destination::parse(url)?, super::Destination::Nats(_)) {
+        return Err(Failure::usage(format!(
+            "--to {}: fleet commands talk to a NATS server, nats://HOST:PORT",
+            fleet::redact_url(url)
+        )));
+    }
     let mut opts = match &conn.nats_creds {
         Some(path) => async_nats::ConnectOptions::with_credentials_file(path)
             .await
@@ -184,7 +205,7 @@ async fn connect(url: &str, conn: &Conn) -> Result<async_nats::Client, Failure> 
         .request_timeout(Some(Duration::from_secs(5)))
         .connect(urls.as_slice())
         .await
-        .map_err(|e| Failure::error(format!("nats {}: {e}", fleet::redact_url(url))))?;
+        .map_err(|e| super::client::nats_unreachable(url, &conn.fleet, &e))?;
     Ok(client)
 }
 
@@ -232,7 +253,7 @@ pub async fn publish(env: &Envelope, url: &str, conn: &Conn) -> CliResult {
         .await
         .map_err(|e| {
             Failure::error(format!(
-                "publishing to {subject}: {e} (are the streams there, and may these credentials publish? `tourniquet fleet init --nats {}` creates the streams)",
+                "publishing to {subject}: {e} (are the streams there, and may these credentials publish? `tourniquet fleet init --to {}` creates the streams)",
                 fleet::redact_url(url)
             ))
         })?;

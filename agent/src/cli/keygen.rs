@@ -9,6 +9,9 @@ use crate::command::envelope;
 use crate::trust::keys;
 
 #[derive(Args, Debug)]
+#[command(
+    after_help = "Example:\n  tourniquet keygen --out ~/.tourniquet/ci.key --comment ci@deploy   # then: export TOURNIQUET_KEY=~/.tourniquet/ci.key"
+)]
 pub struct KeygenArgs {
     /// Where to write the private key (0600); the public key goes to FILE.pub.
     #[arg(long)]

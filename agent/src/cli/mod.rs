@@ -7,6 +7,7 @@
 mod agent;
 mod audit;
 mod client;
+mod completions;
 mod compose;
 mod fleet;
 mod keygen;
@@ -22,7 +23,7 @@ mod verify;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 pub use client::Destination;
 
@@ -54,8 +55,9 @@ permits asks for it. Every change is journaled, measured before and after, repor
 signed receipt, and undone when its hold runs out or its guard sees things get worse.\n\n\
 Quick start:\n  tourniquet agent                      # terminal 1: embedded demo, dev trust\n  \
 tourniquet flag set demo-flags new_checkout off --reason \"INC-1: checkout 500s\" \\\n      \
---hold 10m --send http://127.0.0.1:7370   # terminal 2",
-    after_help = "Exit codes: 0 ok, 1 error, 2 rejected, 3 failed, 4 rolled back, 5 invalid."
+--hold 10m --to http://127.0.0.1:7370   # terminal 2\n\n\
+Environment: TOURNIQUET_TO is the default --to, TOURNIQUET_KEY the default --key.",
+    after_help = "Exit codes: 0 ok, 1 error, 2 rejected, 3 failed, 4 rolled back, 5 invalid, 64 usage."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -93,8 +95,14 @@ pub enum Command {
     /// Show a command's state and receipt, or the agent's active hotfixes.
     Status(status::StatusArgs),
     /// Undo an earlier command on the agent (a signed `revert`).
+    #[command(
+        after_help = "Example:\n  tourniquet revert 01JD3Z8K6Q0V6N9W2X4Y5Z7A8B --reason \"INC-1 resolved\" --to http://127.0.0.1:7370"
+    )]
     Revert(revert::RevertArgs),
     /// Stop a fleet rollout: agents whose wave has not started report `halted`.
+    #[command(
+        after_help = "Example:\n  tourniquet halt 01JD3Z8K6Q0V6N9W2X4Y5Z7A8B --reason \"wave 1 shows errors\" --to nats://nats-1:4222 --fleet prod"
+    )]
     Halt(revert::RevertArgs),
     /// Fleet tools over NATS JetStream: create the streams, list agents.
     #[command(subcommand)]
@@ -102,6 +110,10 @@ pub enum Command {
     /// Audit log tools.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::CompletionsArgs),
+    /// Print the manual page, or write one page per command with --dir.
+    Man(completions::ManArgs),
 }
 
 /// Options every composing command shares.
@@ -129,9 +141,12 @@ pub struct Common {
     /// Default: $TOURNIQUET_KEY, then the dev key of the embedded default.
     #[arg(long, env = "TOURNIQUET_KEY")]
     pub key: Option<PathBuf>,
-    /// Send at once: http[s]://HOST:PORT or dir:PATH (waits for the receipt), or nats://HOST:PORT.
-    #[arg(long)]
-    pub send: Option<String>,
+    /// Send at once: http[s]://HOST:PORT or dir:PATH (waits for the receipt), or
+    /// nats://HOST:PORT (a fleet, see --fleet). Default: $TOURNIQUET_TO. Without
+    /// either, the signed envelope goes to stdout, or to -o FILE.
+    // `--send` is the name older scripts use.
+    #[arg(long, alias = "send", value_name = "DEST", conflicts_with = "out")]
+    pub to: Option<String>,
     /// Guard the change with these agent probes (repeatable).
     #[arg(long = "guard", value_name = "PROBE")]
     pub guard: Vec<String>,
@@ -153,13 +168,14 @@ pub struct Common {
     /// Failure or rollback receipts in earlier waves at which later waves halt (default 0).
     #[arg(long, requires = "waves")]
     pub max_failures: Option<u32>,
-    /// How many agents should answer; `status --nats` then shows n of expected.
+    /// How many agents should answer; `status ID --to nats://…` then shows n of expected.
     #[arg(long)]
     pub expect: Option<u32>,
     /// Who is asking (default: $USER@host).
     #[arg(long)]
     pub issuer: Option<String>,
-    /// Write the signed envelope here instead of stdout (when not sending).
+    /// Write the signed envelope here instead of stdout, and do not send it
+    /// (even with $TOURNIQUET_TO set): how the two-person flow starts.
     #[arg(short = 'o', long = "out")]
     pub out: Option<PathBuf>,
     #[command(flatten)]
@@ -205,6 +221,63 @@ impl Failure {
             message: message.into(),
         }
     }
+
+    /// The command line cannot work as typed (exit 64).
+    pub fn usage(message: impl Into<String>) -> Failure {
+        Failure {
+            code: exit::USAGE,
+            message: message.into(),
+        }
+    }
+}
+
+impl Common {
+    /// Where to send: `--to`, else `$TOURNIQUET_TO` unless `-o` asks for a
+    /// file. `None`: write the envelope out.
+    pub fn destination(&self) -> Option<String> {
+        match (&self.to, &self.out) {
+            (Some(to), _) => Some(to.clone()),
+            (None, Some(_)) => None,
+            (None, None) => env_to(),
+        }
+    }
+}
+
+/// `$TOURNIQUET_TO`, the default destination, when set and not empty.
+pub fn env_to() -> Option<String> {
+    std::env::var("TOURNIQUET_TO")
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+}
+
+/// The whole command line: every command, flag and generated op verb.
+/// Parsing, `--help`, completions and manual pages all come from here, so
+/// whatever is added here shows up in all four.
+pub fn command() -> clap::Command {
+    Cli::command()
+}
+
+/// Parses the process's arguments with [`command`]. `Err` is the exit code
+/// after clap printed help, the version or a usage error: help and
+/// version exit 0, usage errors 64 (2 means "rejected" here).
+pub fn parse() -> Result<Cli, ExitCode> {
+    let parsed = command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m));
+    parsed.map_err(|e| {
+        // Printing fails only on a closed stream; the exit code still tells.
+        let _ = e.print();
+        ExitCode::from(usage_exit_code(&e))
+    })
+}
+
+/// The exit code of a clap error: 0 for help and version, 64 otherwise.
+fn usage_exit_code(e: &clap::Error) -> u8 {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => 0,
+        _ => exit::USAGE,
+    }
 }
 
 impl<E: std::fmt::Display> From<E> for Failure {
@@ -231,6 +304,8 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Halt(args) => revert::halt(args).await,
         Command::Fleet(cmd) => fleet::run(cmd).await,
         Command::Audit(cmd) => audit::run(cmd),
+        Command::Completions(args) => completions::completions(args),
+        Command::Man(args) => completions::man(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

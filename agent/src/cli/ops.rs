@@ -121,7 +121,7 @@ fn group_command(name: &'static str, ops: &[registry::OpEntry]) -> clap::Command
     let verbs: Vec<&str> = ops.iter().map(|e| e.op.verb()).collect();
     let mut cmd = clap::Command::new(name)
         .about(format!(
-            "Ops on {} resources: {}. Compose, sign and (with --send) send.",
+            "Ops on {} resources: {}. Compose, sign and (with --to) send.",
             kinds.join(", "),
             verbs.join(", ")
         ))

@@ -16,8 +16,12 @@ pub struct RevertArgs {
 }
 
 pub async fn revert(args: RevertArgs) -> CliResult {
-    ulid::Ulid::from_string(&args.id)
-        .map_err(|_| Failure::error(format!("{:?} is not a command id (a ULID)", args.id)))?;
+    ulid::Ulid::from_string(&args.id).map_err(|_| {
+        Failure::usage(format!(
+            "{:?} is not a command id (a ULID, as `status` shows)",
+            args.id
+        ))
+    })?;
     let payload = compose(
         &args.common,
         vec![action(None, REVERT_OP, vec![("command", args.id.clone())])],
@@ -26,8 +30,12 @@ pub async fn revert(args: RevertArgs) -> CliResult {
 }
 
 pub async fn halt(args: RevertArgs) -> CliResult {
-    ulid::Ulid::from_string(&args.id)
-        .map_err(|_| Failure::error(format!("{:?} is not a command id (a ULID)", args.id)))?;
+    ulid::Ulid::from_string(&args.id).map_err(|_| {
+        Failure::usage(format!(
+            "{:?} is not a command id (a ULID, as `status` shows)",
+            args.id
+        ))
+    })?;
     let payload = compose(
         &args.common,
         vec![action(None, HALT_OP, vec![("command", args.id.clone())])],
