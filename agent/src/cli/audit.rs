@@ -10,6 +10,7 @@ use super::{exit, CliResult, Failure};
 #[derive(Subcommand, Debug)]
 pub enum AuditCommand {
     /// Check the audit log's hash chain from the first entry to the last.
+    #[command(after_help = "Example:\n  tourniquet audit verify --state /var/lib/tourniquet")]
     Verify {
         /// The agent's state dir (default: the embedded default's).
         #[arg(long)]
@@ -18,6 +19,9 @@ pub enum AuditCommand {
         json: bool,
     },
     /// Incident timeline and postmortem metrics from the verified audit log.
+    #[command(
+        after_help = "Example:\n  tourniquet audit export --state /var/lib/tourniquet --since 7d --format csv -o incidents.csv"
+    )]
     Export {
         /// The agent's state dir (default: the embedded default's).
         #[arg(long)]
@@ -42,7 +46,7 @@ pub fn run(cmd: AuditCommand) -> CliResult {
             format,
             out,
         } => {
-            crate::audit::export::run(state, &since, format, out.as_deref()).map_err(|e| Failure {
+            audit_export(state, &since, format, out.as_deref()).map_err(|e| Failure {
                 code: if e.is_broken() {
                     exit::INVALID
                 } else {
@@ -50,6 +54,25 @@ pub fn run(cmd: AuditCommand) -> CliResult {
                 },
                 message: e.to_string(),
             })
+        }
+    }
+}
+
+/// `tourniquet audit export`: renders to stdout, or to `out` (0600).
+fn audit_export(
+    state: Option<PathBuf>,
+    since: &str,
+    format: crate::audit::export::Format,
+    out: Option<&std::path::Path>,
+) -> Result<(), crate::audit::export::ExportError> {
+    let dir = state.unwrap_or_else(|| PathBuf::from(crate::defaults::DEFAULT_DIR).join("state"));
+    let text = crate::audit::export::export_state(&dir, since)?.render(format);
+    match out {
+        Some(path) => tourniquet_providers::write_atomically(path, text.as_bytes(), 0o600)
+            .map_err(|e| crate::audit::export::ExportError::Io(format!("{}: {e}", path.display()))),
+        None => {
+            print!("{text}");
+            Ok(())
         }
     }
 }

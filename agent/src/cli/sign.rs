@@ -9,6 +9,10 @@ use super::{CliResult, Failure};
 use crate::command::envelope::{self, Envelope, COMMAND_NAMESPACE, COMMAND_PAYLOAD_TYPE};
 
 #[derive(Args, Debug)]
+#[command(
+    after_help = "Example:\n  tourniquet sign cmd.json --key ~/.ssh/id_ed25519 -o cmd.signed.json   # then a second operator:\n  \
+tourniquet sign cmd.signed.json --key ~/.ssh/oncall2_ed25519   # co-signs in place"
+)]
 pub struct SignArgs {
     /// A payload (JSON from `tourniquet new`) or an envelope to co-sign.
     pub file: PathBuf,

@@ -11,6 +11,10 @@ use crate::command::payload::{Timestamp, REVERT_OP};
 use crate::trust::policy::Policy;
 
 #[derive(Args, Debug)]
+#[command(
+    after_help = "Examples:\n  tourniquet verify cmd.signed.json --policy /etc/tourniquet/policy.toml   # what is signed, and would it pass?\n  \
+tourniquet verify receipt.json --agent-key agent.pub"
+)]
 pub struct VerifyArgs {
     /// A command envelope, or with --agent-key a receipt.
     pub envelope: PathBuf,
