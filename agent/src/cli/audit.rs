@@ -45,16 +45,14 @@ pub fn run(cmd: AuditCommand) -> CliResult {
             since,
             format,
             out,
-        } => {
-            audit_export(state, &since, format, out.as_deref()).map_err(|e| Failure {
-                code: if e.is_broken() {
-                    exit::INVALID
-                } else {
-                    exit::ERROR
-                },
-                message: e.to_string(),
-            })
-        }
+        } => audit_export(state, &since, format, out.as_deref()).map_err(|e| Failure {
+            code: if e.is_broken() {
+                exit::INVALID
+            } else {
+                exit::ERROR
+            },
+            message: e.to_string(),
+        }),
     }
 }
 

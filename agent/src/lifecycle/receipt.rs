@@ -297,6 +297,15 @@ impl Receipt {
 /// Checks a receipt envelope against an agent public key (OpenSSH line) and
 /// returns the receipt.
 pub fn verify_receipt(env: &Envelope, agent_public_key: &str) -> Result<Receipt, String> {
+    let bytes = verify_receipt_payload(env, agent_public_key)?;
+    serde_json::from_slice(&bytes).map_err(|e| format!("receipt payload: {e}"))
+}
+
+/// Checks a receipt envelope against an agent public key (OpenSSH line) and
+/// returns the signed payload, unparsed: `audit export` reads receipts of
+/// any agent version as plain JSON, so one with a field this version does
+/// not know still counts.
+pub fn verify_receipt_payload(env: &Envelope, agent_public_key: &str) -> Result<Vec<u8>, String> {
     if env.payload_type != RECEIPT_PAYLOAD_TYPE {
         return Err(format!(
             "payloadType {:?} is not a receipt",
@@ -313,7 +322,7 @@ pub fn verify_receipt(env: &Envelope, agent_public_key: &str) -> Result<Receipt,
         return Err("the receipt was signed by another key".into());
     }
     envelope::verify_sshsig(RECEIPT_NAMESPACE, &message, &sig)?;
-    serde_json::from_slice(&bytes).map_err(|e| format!("receipt payload: {e}"))
+    Ok(bytes)
 }
 
 #[cfg(test)]

@@ -170,8 +170,8 @@ pub async fn measure(
         .map(|m| round6(*m))
         .collect();
     latencies_ms.sort_by(|a, b| a.total_cmp(b));
-    let p50 = percentile(&latencies_ms, 50.0);
-    let p99 = percentile(&latencies_ms, 99.0);
+    let p50 = percentile(&latencies_ms, 50);
+    let p99 = percentile(&latencies_ms, 99);
     let error_ratio = f64::from(failed) / f64::from(n);
     let (value, note) = match cfg.measure {
         _ if unreachable == n => (

@@ -222,13 +222,15 @@ impl Probes {
     }
 }
 
-/// Nearest-rank percentile of sorted values.
-pub fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+/// Nearest-rank percentile `p` (0 to 100, above 100 counts as 100) of
+/// sorted values: the smallest value with at least `p`% of the values at or
+/// below it. `None` for no values. The crate's one percentile: probe
+/// latencies, fleet medians, `audit export` and the benches all use it, so
+/// their numbers agree on what "p50" means.
+pub fn percentile<T: Copy>(sorted: &[T], p: u32) -> Option<T> {
+    let p = usize::try_from(p.min(100)).ok()?;
+    let rank = p.saturating_mul(sorted.len()).div_ceil(100).max(1);
+    sorted.get(rank - 1).copied()
 }
 
 /// An error and its causes, on one line.
@@ -279,9 +281,17 @@ mod tests {
     #[test]
     fn percentiles_nearest_rank() {
         let v: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(percentile(&v, 50.0), Some(50.0));
-        assert_eq!(percentile(&v, 99.0), Some(99.0));
-        assert_eq!(percentile(&[7.0], 99.0), Some(7.0));
-        assert_eq!(percentile(&[], 50.0), None);
+        assert_eq!(percentile(&v, 50), Some(50.0));
+        assert_eq!(percentile(&v, 99), Some(99.0));
+        assert_eq!(percentile(&v, 100), Some(100.0));
+        assert_eq!(percentile(&v, 0), Some(1.0));
+        assert_eq!(percentile(&[7.0], 99), Some(7.0));
+        assert_eq!(percentile::<f64>(&[], 50), None);
+        let v: Vec<i64> = (1..=10).collect();
+        assert_eq!(percentile(&v, 50), Some(5));
+        assert_eq!(percentile(&v, 90), Some(9));
+        assert_eq!(percentile(&[1, 2, 3, 4], 50), Some(2));
+        assert_eq!(percentile(&[1, 2, 3, 4], 90), Some(4));
+        assert_eq!(percentile(&[1, 2, 3, 4], u32::MAX), Some(4));
     }
 }
