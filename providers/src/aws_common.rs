@@ -269,6 +269,15 @@ pub enum AwsError {
         message: String,
         status: u16,
     },
+    /// The SDK's credential chain found no credentials: retrying does not
+    /// help, and the operator needs to know where the SDK looked.
+    #[error("{action} on {target}: no AWS credentials: the SDK's default chain tried {} and none had any; give the agent's service an identity (instance profile, web identity role, AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)", tried_list(.tried))]
+    NoCredentials {
+        action: &'static str,
+        target: String,
+        /// The providers of the chain, in the order tried (`Environment`, `Profile`, …).
+        tried: Vec<String>,
+    },
     /// Throttled, 5xx, timed out or unreachable on every try.
     #[error("{action} on {target}: {why} (gave up after {tries} tries)")]
     Exhausted {
@@ -284,7 +293,7 @@ impl AwsError {
     pub fn code(&self) -> Option<&str> {
         match self {
             AwsError::AccessDenied { code, .. } | AwsError::Service { code, .. } => Some(code),
-            AwsError::Exhausted { .. } => None,
+            AwsError::Exhausted { .. } | AwsError::NoCredentials { .. } => None,
         }
     }
 
@@ -301,6 +310,39 @@ impl AwsError {
             )
         })
     }
+}
+
+fn tried_list(tried: &[String]) -> String {
+    if tried.is_empty() {
+        "no provider".into()
+    } else {
+        tried.join(", ")
+    }
+}
+
+/// The providers the SDK's credential chain tried, when a call failed for
+/// want of credentials. The SDK's chain error is not a type this crate can
+/// name (it lives in aws-credential-types), so its text is read: "no
+/// credentials found in chain. Attempted:" and one "  NAME: why" line per
+/// provider.
+fn credential_chain_tried(e: &(dyn std::error::Error + 'static)) -> Option<Vec<String>> {
+    let mut source = Some(e);
+    while let Some(err) = source {
+        let text = err.to_string();
+        if let Some(rest) = text.strip_prefix("no credentials found in chain. Attempted:") {
+            return Some(
+                rest.lines()
+                    .filter_map(|l| l.trim().split_once(':').map(|(name, _)| name.to_string()))
+                    .filter(|name| !name.is_empty())
+                    .collect(),
+            );
+        }
+        if text.starts_with("no providers were configured in the chain") {
+            return Some(Vec::new());
+        }
+        source = err.source();
+    }
+    None
 }
 
 /// How one failed try is handled.
@@ -404,6 +446,13 @@ where
                 humantime::format_duration(settings.operation_timeout)
             ),
             Ok(Err(e)) => {
+                if let Some(tried) = credential_chain_tried(&e) {
+                    return Err(AwsError::NoCredentials {
+                        action,
+                        target: target.to_string(),
+                        tried,
+                    });
+                }
                 let status = e.raw_response().map(|r| r.status().as_u16());
                 let code = e.code().map(str::to_string);
                 let message = one_line(e.message().unwrap_or_default());
@@ -556,6 +605,49 @@ mod tests {
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");
         }
+    }
+
+    /// An error that reads like the SDK's credential chain error, wrapped
+    /// as the SDK wraps it (dispatch failure, then credentials not loaded).
+    #[derive(Debug)]
+    struct Wrapped(&'static str, Option<Box<Wrapped>>);
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|w| w as _)
+        }
+    }
+
+    #[test]
+    fn missing_credentials_name_the_chain_that_was_tried() {
+        let chain = Wrapped(
+            "dispatch failure",
+            Some(Box::new(Wrapped(
+                "the credential provider was not enabled",
+                Some(Box::new(Wrapped(
+                    "no credentials found in chain. Attempted:\n  Environment: the credential provider was not enabled: environment variable not set\n  Profile: the credential provider was not enabled\n  Ec2InstanceMetadata: the credential provider was not enabled",
+                    None,
+                ))),
+            ))),
+        );
+        let tried = credential_chain_tried(&chain).expect("a credentials error");
+        assert_eq!(tried, ["Environment", "Profile", "Ec2InstanceMetadata"]);
+        let e = AwsError::NoCredentials {
+            action: "autoscaling:DescribeAutoScalingGroups",
+            target: "Auto Scaling group web".into(),
+            tried,
+        };
+        let line = e.to_string();
+        assert!(!line.contains('\n'), "{line}");
+        assert!(
+            line.contains("no AWS credentials: the SDK's default chain tried Environment, Profile, Ec2InstanceMetadata"),
+            "{line}"
+        );
+        assert!(credential_chain_tried(&Wrapped("connection refused", None)).is_none());
     }
 
     #[test]
