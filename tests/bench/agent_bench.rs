@@ -23,14 +23,13 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
+fn pct(sorted: &[f64], p: u32) -> f64 {
+    tourniquet::telemetry::percentile(sorted, p).unwrap_or(f64::NAN)
 }
 
 fn summary(mut v: Vec<f64>) -> Value {
     v.sort_by(|a, b| a.total_cmp(b));
-    json!({"n": v.len(), "p50": pct(&v, 50.0), "p99": pct(&v, 99.0), "min": v[0], "max": v[v.len() - 1]})
+    json!({"n": v.len(), "p50": pct(&v, 50), "p99": pct(&v, 99), "min": v[0], "max": v[v.len() - 1]})
 }
 
 fn config_on(env: &Env, port: u16) {

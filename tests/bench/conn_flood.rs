@@ -160,12 +160,8 @@ fn probe(url: &str) -> (Option<u16>, Duration) {
     (status, t.elapsed())
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
+fn percentile(sorted: &[Duration], p: u32) -> Duration {
+    tourniquet::telemetry::percentile(sorted, p).unwrap_or_default()
 }
 
 fn ms(d: Duration) -> String {
@@ -218,8 +214,8 @@ fn main() {
     let (rss_rest, _) = memory_kib(pid);
     println!(
         "at rest: /healthz p50 {} max {}; {fds_rest} fds; RSS {} KiB",
-        ms(percentile(&rest, 0.5)),
-        ms(percentile(&rest, 1.0)),
+        ms(percentile(&rest, 50)),
+        ms(percentile(&rest, 100)),
         rss_rest
     );
 
@@ -300,9 +296,9 @@ fn main() {
     println!(
         "  /healthz under flood: {} ok, {failures} failed; p50 {} p99 {} max {}",
         latencies.len(),
-        ms(percentile(&latencies, 0.5)),
-        ms(percentile(&latencies, 0.99)),
-        ms(percentile(&latencies, 1.0))
+        ms(percentile(&latencies, 50)),
+        ms(percentile(&latencies, 99)),
+        ms(percentile(&latencies, 100))
     );
     println!(
         "  agent descriptors: {fds_rest} at rest, {} to {fds_max} under flood (connections held: at most {})",

@@ -170,17 +170,13 @@ fn free_ports() -> (u16, u16) {
     (port(&a), port(&b))
 }
 
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
+fn pct(sorted: &[f64], p: u32) -> f64 {
+    tourniquet::telemetry::percentile(sorted, p).unwrap_or(f64::NAN)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
-    pct(&v, 50.0)
+    pct(&v, 50)
 }
 
 /// p50 / p99 / max of per-agent latencies in milliseconds.
@@ -189,8 +185,8 @@ fn latency_summary(mut ms: Vec<f64>, expected: usize) -> Value {
     json!({
         "n": ms.len(),
         "missing": expected.saturating_sub(ms.len()),
-        "p50": pct(&ms, 50.0),
-        "p99": pct(&ms, 99.0),
+        "p50": pct(&ms, 50),
+        "p99": pct(&ms, 99),
         "max": ms.last().copied().unwrap_or(f64::NAN),
     })
 }

@@ -687,13 +687,11 @@ fn whole_seconds(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
+/// The nearest-rank median, as every percentile in Tourniquet is.
 fn median(v: &[f64]) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
-    Some(s[s.len() / 2])
+    crate::telemetry::percentile(&s, 50)
 }
 
 fn render_view(v: &Value) -> String {

@@ -78,12 +78,7 @@ fn default_timeout() -> HumanDuration {
 impl HttpProbeConfig {
     pub fn validate(&self) -> Result<(), (String, String)> {
         let err = |f: &str, why: String| Err((f.to_string(), why));
-        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
-            return err("url", "must be an http:// or https:// URL".into());
-        }
-        if reqwest::Url::parse(&self.url).is_err() {
-            return err("url", format!("{:?} does not parse", self.url));
-        }
+        crate::telemetry::check_probe_url(&self.url)?;
         if self.samples == 0 || self.samples > 1000 {
             return err("samples", "must be 1 to 1000".into());
         }

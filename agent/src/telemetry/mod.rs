@@ -222,6 +222,19 @@ impl Probes {
     }
 }
 
+/// Checks a probe's `url`: http or https, and parseable, so a typo fails
+/// at `agent --check` rather than at the first sample. The error is the
+/// field and why, as the probes' `validate` return it.
+pub(crate) fn check_probe_url(url: &str) -> Result<(), (String, String)> {
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(("url".into(), "must be an http:// or https:// URL".into()));
+    }
+    if reqwest::Url::parse(url).is_err() {
+        return Err(("url".into(), format!("{url:?} does not parse")));
+    }
+    Ok(())
+}
+
 /// Nearest-rank percentile `p` (0 to 100, above 100 counts as 100) of
 /// sorted values: the smallest value with at least `p`% of the values at or
 /// below it. `None` for no values. The crate's one percentile: probe

@@ -58,9 +58,7 @@ fn default_timeout() -> HumanDuration {
 impl PromqlProbeConfig {
     pub fn validate(&self) -> Result<(), (String, String)> {
         let err = |f: &str, why: String| Err((f.to_string(), why));
-        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
-            return err("url", "must be an http:// or https:// URL".into());
-        }
+        super::check_probe_url(&self.url)?;
         if self.query_url().is_err() {
             return err("url", format!("{:?} does not parse", self.url));
         }

@@ -140,12 +140,7 @@ fn validate_selector(
 impl PrometheusProbeConfig {
     pub fn validate(&self) -> Result<(), (String, String)> {
         let err = |f: &str, why: String| Err((f.to_string(), why));
-        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
-            return err("url", "must be an http:// or https:// URL".into());
-        }
-        if reqwest::Url::parse(&self.url).is_err() {
-            return err("url", format!("{:?} does not parse", self.url));
-        }
+        crate::telemetry::check_probe_url(&self.url)?;
         validate_selector("", &self.metric, &self.labels)?;
         match (self.measure, &self.denominator) {
             (PrometheusMeasure::Ratio, None) => {
